@@ -1,0 +1,613 @@
+// Package storage owns everything mxbox keeps on flash: the mail spool
+// (envelopes, bodies and a schedule index ordered by next-attempt time) and a
+// small blob store for other subsystems' state (resolver snapshot, OTA state).
+// It is the only package that imports Badger.
+//
+// Key layout, one Badger keyspace:
+//
+//	e<id>                 envelope (JSON)
+//	b<id><chunk:2>        body, in chunks of at most bodyChunk bytes
+//	s<unix-nanos:8><id>   schedule index: empty value, ordered by next attempt
+//	k<name>               blobs
+//
+// A message's envelope, body and schedule key are written in one transaction,
+// and Put returns only after Badger has fsync'd it.
+package storage
+
+import (
+	"bytes"
+	"encoding/binary"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"log/slog"
+	"os"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/dgraph-io/badger/v4"
+	"github.com/dgraph-io/badger/v4/options"
+	"golang.org/x/sys/unix"
+)
+
+const (
+	prefixEnvelope = 'e'
+	prefixBody     = 'b'
+	prefixSchedule = 's'
+	prefixBlob     = 'k'
+
+	// bodyChunk bounds one Badger value. Badger refuses values larger than a
+	// value-log file, and we keep those files small (see badgerOptions), so a
+	// 25 MB message is stored as 25 values of 1 MiB in the same transaction.
+	bodyChunk = 1 << 20
+)
+
+// ErrNotFound is returned for an unknown queue id or blob.
+var ErrNotFound = errors.New("not found")
+
+// Options tune the spool; zero values pick the defaults.
+type Options struct {
+	Logger *slog.Logger
+	Now    func() time.Time
+	// GCInterval is how often value-log GC runs to free flash (default 1 min).
+	GCInterval time.Duration
+	// ReadOnly opens the spool for inspection while no daemon runs.
+	ReadOnly bool
+}
+
+// Spool is the durable mail queue.
+type Spool struct {
+	db     *badger.DB
+	dir    string
+	log    *slog.Logger
+	now    func() time.Time
+	ids    *idGen
+	count  atomic.Int64
+	bytes  atomic.Int64
+	held   atomic.Int64
+	stop   chan struct{}
+	wg     sync.WaitGroup
+	closed atomic.Bool
+}
+
+// badgerOptions are chosen for an ARM board with 256 MB of RAM and the spool
+// on flash; Badger's defaults (5 x 64 MB memtables, 256 MB block cache, 1 GB
+// value-log files) would take the whole board.
+func badgerOptions(dir string, log *slog.Logger, readOnly bool) badger.Options {
+	return badger.DefaultOptions(dir).
+		// Every commit is fsync'd before Put returns: a 250 must survive a power cut.
+		// Badger batches concurrent commits into one write + one sync, which
+		// is the group commit that lets throughput grow with sessions.
+		WithSyncWrites(true).
+		// Two 4 MB memtables: the skiplist arena is anonymous RAM, the WAL
+		// beside it is an mmap'd file, so each costs ~2x its size when busy.
+		// Envelopes and index keys are small; 4 MB holds thousands.
+		WithMemTableSize(4 << 20).
+		WithNumMemtables(2).
+		// Bodies (> 1 KB) go to the value log, written once; only envelopes
+		// and schedule keys live in the LSM tree, so compaction rewrites
+		// little and flash wear stays near one write per byte of mail.
+		WithValueThreshold(1 << 10).
+		// 16 MB value-log files (Badger maps 2x that while writing): small
+		// enough for RSS and for GC to reclaim flash in small steps.
+		WithValueLogFileSize(16 << 20).
+		// Small SSTs and a small base level suit a spool that is mostly
+		// empty: a 4 MB memtable flush is one table.
+		WithBaseTableSize(2 << 20).
+		WithBaseLevelSize(8 << 20).
+		WithNumLevelZeroTables(3).
+		WithNumLevelZeroTablesStall(8).
+		// Two compactors: the minimum Badger allows besides zero, one core's
+		// worth of background work on a two-core board.
+		WithNumCompactors(2).
+		// Bodies are mail (often already compressed attachments) and ARM
+		// cores are slow: no compression, which also lets the block cache
+		// stay small.
+		WithCompression(options.None).
+		WithBlockCacheSize(4 << 20).
+		WithIndexCacheSize(2 << 20).
+		WithNumGoroutines(2).
+		WithMetricsEnabled(false).
+		WithDetectConflicts(true).
+		WithReadOnly(readOnly).
+		WithLogger(badgerLogger{log})
+}
+
+// Headroom is the flash Badger may need beyond what statfs shows as used:
+// sparse, mmap'd value-log and memtable files fill in as they are written,
+// and a write into a mapping on a full filesystem kills the process with
+// SIGBUS instead of returning ENOSPC. The SMTP space guard adds this to the
+// reserve so that never happens.
+const Headroom = 2*(16<<20) + 2*2*(4<<20) + 4*(2<<20)
+
+// Open opens (creating if needed) the spool in dir.
+func Open(dir string, o Options) (*Spool, error) {
+	if o.Logger == nil {
+		o.Logger = slog.Default()
+	}
+	if o.Now == nil {
+		o.Now = time.Now
+	}
+	if o.GCInterval == 0 {
+		o.GCInterval = time.Minute
+	}
+	if !o.ReadOnly {
+		if err := os.MkdirAll(dir, 0o700); err != nil {
+			return nil, fmt.Errorf("create spool dir %s: %w", dir, err)
+		}
+	}
+	db, err := badger.Open(badgerOptions(dir, o.Logger, o.ReadOnly))
+	if err != nil {
+		return nil, fmt.Errorf("open spool %s: %w", dir, err)
+	}
+	s := &Spool{db: db, dir: dir, log: o.Logger, now: o.Now, ids: newIDGen(), stop: make(chan struct{})}
+	if err := s.recount(); err != nil {
+		db.Close()
+		return nil, err
+	}
+	if !o.ReadOnly {
+		s.wg.Add(1)
+		go s.gcLoop(o.GCInterval)
+	}
+	return s, nil
+}
+
+// Close stops background work and closes Badger cleanly.
+func (s *Spool) Close() error {
+	if !s.closed.CompareAndSwap(false, true) {
+		return nil
+	}
+	close(s.stop)
+	s.wg.Wait()
+	return s.db.Close()
+}
+
+// Dir is the spool directory.
+func (s *Spool) Dir() string { return s.dir }
+
+// FreeBytes is the space available to mxbox on the spool's filesystem.
+func (s *Spool) FreeBytes() (int64, error) {
+	var st unix.Statfs_t
+	if err := unix.Statfs(s.dir, &st); err != nil {
+		return 0, fmt.Errorf("statfs %s: %w", s.dir, err)
+	}
+	return int64(st.Bavail) * int64(st.Bsize), nil
+}
+
+func envKey(id string) []byte { return append([]byte{prefixEnvelope}, id...) }
+
+func bodyKey(id string, chunk int) []byte {
+	k := make([]byte, 0, 1+len(id)+2)
+	k = append(k, prefixBody)
+	k = append(k, id...)
+	return binary.BigEndian.AppendUint16(k, uint16(chunk))
+}
+
+func schedKey(t time.Time, id string) []byte {
+	k := make([]byte, 0, 9+len(id))
+	k = append(k, prefixSchedule)
+	ns := t.UnixNano()
+	if ns < 0 {
+		ns = 0
+	}
+	k = binary.BigEndian.AppendUint64(k, uint64(ns))
+	return append(k, id...)
+}
+
+// Put stores a new message and returns its queue id once it is on flash.
+// env.ID, Received and NextAttempt are filled in when zero; the message is
+// due at once unless NextAttempt says otherwise.
+func (s *Spool) Put(env *Envelope, body []byte) (string, error) {
+	if len(env.Recipients) == 0 {
+		return "", errors.New("spool put: no recipients")
+	}
+	now := s.now()
+	if env.Received.IsZero() {
+		env.Received = now
+	}
+	if env.NextAttempt.IsZero() {
+		env.NextAttempt = now
+	}
+	env.Size = int64(len(body))
+	env.Chunks = (len(body) + bodyChunk - 1) / bodyChunk
+	for attempt := 0; ; attempt++ {
+		if env.ID == "" || attempt > 0 {
+			env.ID = s.ids.next(now)
+		}
+		err := s.db.Update(func(txn *badger.Txn) error {
+			if _, err := txn.Get(envKey(env.ID)); err == nil {
+				return errIDTaken
+			} else if !errors.Is(err, badger.ErrKeyNotFound) {
+				return err
+			}
+			enc, err := json.Marshal(env)
+			if err != nil {
+				return err
+			}
+			if err := txn.Set(envKey(env.ID), enc); err != nil {
+				return err
+			}
+			for i := 0; i < env.Chunks; i++ {
+				end := min((i+1)*bodyChunk, len(body))
+				if err := txn.Set(bodyKey(env.ID, i), body[i*bodyChunk:end]); err != nil {
+					return err
+				}
+			}
+			if env.Held {
+				return nil
+			}
+			return txn.Set(schedKey(env.NextAttempt, env.ID), nil)
+		})
+		if errors.Is(err, errIDTaken) && attempt < 5 {
+			continue
+		}
+		if err != nil {
+			return "", fmt.Errorf("spool put: %w", err)
+		}
+		s.count.Add(1)
+		s.bytes.Add(env.Size)
+		if env.Held {
+			s.held.Add(1)
+		}
+		return env.ID, nil
+	}
+}
+
+var errIDTaken = errors.New("queue id already in use")
+
+// Get returns a message's envelope and body.
+func (s *Spool) Get(id string) (*Envelope, []byte, error) {
+	var env *Envelope
+	var body []byte
+	err := s.db.View(func(txn *badger.Txn) error {
+		var err error
+		if env, err = getEnvelope(txn, id); err != nil {
+			return err
+		}
+		body = make([]byte, 0, env.Size)
+		for i := 0; i < env.Chunks; i++ {
+			item, err := txn.Get(bodyKey(id, i))
+			if err != nil {
+				return fmt.Errorf("queue id %s: body chunk %d: %w", id, i, err)
+			}
+			if err := item.Value(func(v []byte) error { body = append(body, v...); return nil }); err != nil {
+				return fmt.Errorf("queue id %s: body chunk %d: %w", id, i, err)
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		return nil, nil, err
+	}
+	return env, body, nil
+}
+
+// Envelope returns a message's envelope without reading its body.
+func (s *Spool) Envelope(id string) (*Envelope, error) {
+	var env *Envelope
+	err := s.db.View(func(txn *badger.Txn) error {
+		var err error
+		env, err = getEnvelope(txn, id)
+		return err
+	})
+	return env, err
+}
+
+func getEnvelope(txn *badger.Txn, id string) (*Envelope, error) {
+	item, err := txn.Get(envKey(id))
+	if errors.Is(err, badger.ErrKeyNotFound) {
+		return nil, fmt.Errorf("queue id %s: %w", id, ErrNotFound)
+	}
+	if err != nil {
+		return nil, fmt.Errorf("queue id %s: %w", id, err)
+	}
+	env := &Envelope{}
+	if err := item.Value(func(v []byte) error { return json.Unmarshal(v, env) }); err != nil {
+		return nil, fmt.Errorf("queue id %s: decode envelope: %w", id, err)
+	}
+	return env, nil
+}
+
+// Due is one schedule-index entry.
+type Due struct {
+	ID   string
+	When time.Time
+}
+
+// Due returns up to limit messages whose next attempt is at or before now,
+// earliest first. It reads only the schedule index, never the whole queue.
+func (s *Spool) Due(now time.Time, limit int) ([]Due, error) {
+	var out []Due
+	end := schedKey(now, "")
+	err := s.db.View(func(txn *badger.Txn) error {
+		it := txn.NewIterator(badger.IteratorOptions{Prefix: []byte{prefixSchedule}})
+		defer it.Close()
+		for it.Seek([]byte{prefixSchedule}); it.Valid() && len(out) < limit; it.Next() {
+			k := it.Item().Key()
+			if bytes.Compare(k[:9], end[:9]) > 0 {
+				break
+			}
+			out = append(out, Due{ID: string(k[9:]), When: time.Unix(0, int64(binary.BigEndian.Uint64(k[1:9])))})
+		}
+		return nil
+	})
+	return out, err
+}
+
+// NextDue returns the earliest scheduled attempt, or false when nothing is scheduled.
+func (s *Spool) NextDue() (time.Time, bool, error) {
+	var t time.Time
+	var ok bool
+	err := s.db.View(func(txn *badger.Txn) error {
+		it := txn.NewIterator(badger.IteratorOptions{Prefix: []byte{prefixSchedule}})
+		defer it.Close()
+		it.Seek([]byte{prefixSchedule})
+		if it.Valid() {
+			k := it.Item().Key()
+			t, ok = time.Unix(0, int64(binary.BigEndian.Uint64(k[1:9]))), true
+		}
+		return nil
+	})
+	return t, ok, err
+}
+
+// Update changes a message's envelope in one transaction: fn edits it (per
+// recipient results, NextAttempt, Held, ...), and the schedule index follows
+// NextAttempt and Held. fn may be called more than once on a conflict.
+func (s *Spool) Update(id string, fn func(env *Envelope) error) (*Envelope, error) {
+	var out *Envelope
+	var heldDelta int64
+	for attempt := 0; ; attempt++ {
+		heldDelta = 0
+		err := s.db.Update(func(txn *badger.Txn) error {
+			env, err := getEnvelope(txn, id)
+			if err != nil {
+				return err
+			}
+			oldNext, oldHeld := env.NextAttempt, env.Held
+			if err := fn(env); err != nil {
+				return err
+			}
+			env.ID = id
+			enc, err := json.Marshal(env)
+			if err != nil {
+				return err
+			}
+			if err := txn.Set(envKey(id), enc); err != nil {
+				return err
+			}
+			if oldHeld != env.Held || !oldNext.Equal(env.NextAttempt) {
+				if !oldHeld {
+					if err := txn.Delete(schedKey(oldNext, id)); err != nil {
+						return err
+					}
+				}
+				if !env.Held {
+					if err := txn.Set(schedKey(env.NextAttempt, id), nil); err != nil {
+						return err
+					}
+				}
+			}
+			switch {
+			case env.Held && !oldHeld:
+				heldDelta = 1
+			case !env.Held && oldHeld:
+				heldDelta = -1
+			}
+			out = env
+			return nil
+		})
+		if errors.Is(err, badger.ErrConflict) && attempt < 10 {
+			continue
+		}
+		if err != nil {
+			return nil, fmt.Errorf("spool update %s: %w", id, err)
+		}
+		s.held.Add(heldDelta)
+		return out, nil
+	}
+}
+
+// Delete removes a message (delivered, bounced or deleted by the operator).
+func (s *Spool) Delete(id string) error {
+	for attempt := 0; ; attempt++ {
+		var env *Envelope
+		err := s.db.Update(func(txn *badger.Txn) error {
+			var err error
+			if env, err = getEnvelope(txn, id); err != nil {
+				return err
+			}
+			if err := txn.Delete(envKey(id)); err != nil {
+				return err
+			}
+			for i := 0; i < env.Chunks; i++ {
+				if err := txn.Delete(bodyKey(id, i)); err != nil {
+					return err
+				}
+			}
+			if !env.Held {
+				return txn.Delete(schedKey(env.NextAttempt, id))
+			}
+			return nil
+		})
+		if errors.Is(err, badger.ErrConflict) && attempt < 10 {
+			continue
+		}
+		if err != nil {
+			return fmt.Errorf("spool delete %s: %w", id, err)
+		}
+		s.count.Add(-1)
+		s.bytes.Add(-env.Size)
+		if env.Held {
+			s.held.Add(-1)
+		}
+		return nil
+	}
+}
+
+// Walk calls fn for each envelope in id (arrival) order, starting after
+// the id `after` ("" = from the start), until fn returns false. It is the
+// paged iteration the admin tools use: remember the last id and call again.
+func (s *Spool) Walk(after string, fn func(env *Envelope) bool) error {
+	return s.db.View(func(txn *badger.Txn) error {
+		it := txn.NewIterator(badger.IteratorOptions{Prefix: []byte{prefixEnvelope}, PrefetchValues: false})
+		defer it.Close()
+		start := envKey(after)
+		for it.Seek(start); it.Valid(); it.Next() {
+			item := it.Item()
+			if after != "" && bytes.Equal(item.Key(), start) {
+				continue
+			}
+			env := &Envelope{}
+			if err := item.Value(func(v []byte) error { return json.Unmarshal(v, env) }); err != nil {
+				return fmt.Errorf("decode envelope %s: %w", item.Key()[1:], err)
+			}
+			if !fn(env) {
+				return nil
+			}
+		}
+		return nil
+	})
+}
+
+// List returns up to limit envelopes after the id `after`; next is the id to
+// pass for the following page, "" at the end.
+func (s *Spool) List(after string, limit int) (envs []*Envelope, next string, err error) {
+	err = s.Walk(after, func(env *Envelope) bool {
+		if len(envs) == limit {
+			next = envs[len(envs)-1].ID
+			return false
+		}
+		envs = append(envs, env)
+		return true
+	})
+	return envs, next, err
+}
+
+// Stats is a cheap snapshot of the queue.
+type Stats struct {
+	Messages int64 `json:"messages"`
+	Bytes    int64 `json:"bytes"`
+	Held     int64 `json:"held"`
+	LSMBytes int64 `json:"lsm_bytes"`
+	VlogSize int64 `json:"vlog_bytes"`
+}
+
+// Stats returns counters kept in memory (no scan).
+func (s *Spool) Stats() Stats {
+	lsm, vlog := s.db.Size()
+	return Stats{Messages: s.count.Load(), Bytes: s.bytes.Load(), Held: s.held.Load(), LSMBytes: lsm, VlogSize: vlog}
+}
+
+// recount rebuilds the in-memory counters at open: one key-only pass over
+// envelopes and body chunks, with no value reads except for held messages'
+// envelopes found via the schedule gap.
+func (s *Spool) recount() error {
+	var count, size int64
+	err := s.db.View(func(txn *badger.Txn) error {
+		it := txn.NewIterator(badger.IteratorOptions{Prefix: []byte{prefixBody}})
+		defer it.Close()
+		for it.Seek([]byte{prefixBody}); it.Valid(); it.Next() {
+			size += it.Item().ValueSize()
+		}
+		return nil
+	})
+	if err != nil {
+		return fmt.Errorf("open spool: count bodies: %w", err)
+	}
+	var held int64
+	err = s.db.View(func(txn *badger.Txn) error {
+		it := txn.NewIterator(badger.IteratorOptions{Prefix: []byte{prefixEnvelope}})
+		defer it.Close()
+		for it.Seek([]byte{prefixEnvelope}); it.Valid(); it.Next() {
+			count++
+			// Held is rare; a cheap substring test avoids decoding every envelope.
+			err := it.Item().Value(func(v []byte) error {
+				if bytes.Contains(v, []byte(`"held":true`)) {
+					held++
+				}
+				return nil
+			})
+			if err != nil {
+				return err
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		return fmt.Errorf("open spool: count envelopes: %w", err)
+	}
+	s.count.Store(count)
+	s.bytes.Store(size)
+	s.held.Store(held)
+	return nil
+}
+
+// LoadBlob returns a named blob, or nil and no error when absent.
+func (s *Spool) LoadBlob(name string) ([]byte, error) {
+	var out []byte
+	err := s.db.View(func(txn *badger.Txn) error {
+		item, err := txn.Get(append([]byte{prefixBlob}, name...))
+		if errors.Is(err, badger.ErrKeyNotFound) {
+			return nil
+		}
+		if err != nil {
+			return err
+		}
+		out, err = item.ValueCopy(nil)
+		return err
+	})
+	if err != nil {
+		return nil, fmt.Errorf("load blob %s: %w", name, err)
+	}
+	return out, nil
+}
+
+// SaveBlob stores a named blob durably.
+func (s *Spool) SaveBlob(name string, data []byte) error {
+	err := s.db.Update(func(txn *badger.Txn) error {
+		return txn.Set(append([]byte{prefixBlob}, name...), data)
+	})
+	if err != nil {
+		return fmt.Errorf("save blob %s: %w", name, err)
+	}
+	return nil
+}
+
+// gcLoop reclaims value-log space left by delivered mail.
+func (s *Spool) gcLoop(every time.Duration) {
+	defer s.wg.Done()
+	t := time.NewTicker(every)
+	defer t.Stop()
+	for {
+		select {
+		case <-s.stop:
+			return
+		case <-t.C:
+			s.RunGC()
+		}
+	}
+}
+
+// RunGC rewrites value-log files that are at least half garbage, until none is.
+func (s *Spool) RunGC() {
+	for i := 0; i < 16; i++ {
+		if err := s.db.RunValueLogGC(0.5); err != nil {
+			if !errors.Is(err, badger.ErrNoRewrite) && !errors.Is(err, badger.ErrRejected) {
+				s.log.Warn("spool value-log GC", "err", err)
+			}
+			return
+		}
+	}
+}
+
+// badgerLogger sends Badger's chatter to slog; info is debug noise for us.
+type badgerLogger struct{ l *slog.Logger }
+
+func (b badgerLogger) Errorf(f string, a ...any)   { b.l.Error("badger: " + trim(fmt.Sprintf(f, a...))) }
+func (b badgerLogger) Warningf(f string, a ...any) { b.l.Warn("badger: " + trim(fmt.Sprintf(f, a...))) }
+func (b badgerLogger) Infof(f string, a ...any)    { b.l.Debug("badger: " + trim(fmt.Sprintf(f, a...))) }
+func (b badgerLogger) Debugf(f string, a ...any)   {}
+
+func trim(s string) string { return string(bytes.TrimRight([]byte(s), "\n")) }
