@@ -175,6 +175,10 @@ func (s *Spool) FreeBytes() (int64, error) {
 	return int64(st.Bavail) * int64(st.Bsize), nil
 }
 
+// NewID returns a fresh queue id, for callers that need it before Put (the
+// Received header names it).
+func (s *Spool) NewID() string { return s.ids.next(s.now()) }
+
 func envKey(id string) []byte { return append([]byte{prefixEnvelope}, id...) }
 
 func bodyKey(id string, chunk int) []byte {

@@ -1,0 +1,125 @@
+// Package daemon owns the lifecycle of a running mxbox: it builds every
+// subsystem from the config, starts them in dependency order (spool first,
+// SMTP last, so nothing is accepted before it can be stored), serves the
+// local admin API on a unix socket, and stops them in reverse order.
+package daemon
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"os"
+	"path/filepath"
+	"time"
+
+	"github.com/mxbox/mxbox/firmware/config"
+	"github.com/mxbox/mxbox/firmware/smtpd"
+	"github.com/mxbox/mxbox/storage"
+)
+
+// Options are injected by main (and tests).
+type Options struct {
+	Logger  *slog.Logger
+	Now     func() time.Time
+	Version string
+}
+
+// Daemon is a running mxbox.
+type Daemon struct {
+	cfg   *config.Config
+	opts  Options
+	log   *slog.Logger
+	spool *storage.Spool
+	smtp  *smtpd.Server
+	admin *http.Server
+	stops []func(context.Context) error // in stop order, filled as things start
+}
+
+// SpoolDir is where the Badger spool lives under data_dir.
+func SpoolDir(cfg *config.Config) string { return filepath.Join(cfg.DataDir, "spool") }
+
+// AdminSocket is the local admin API's unix socket.
+func AdminSocket(cfg *config.Config) string { return filepath.Join(cfg.DataDir, "admin.sock") }
+
+// Start builds and starts every subsystem. On error, whatever started is stopped.
+func Start(cfg *config.Config, opts Options) (d *Daemon, err error) {
+	if opts.Logger == nil {
+		opts.Logger = slog.Default()
+	}
+	if opts.Now == nil {
+		opts.Now = time.Now
+	}
+	d = &Daemon{cfg: cfg, opts: opts, log: opts.Logger}
+	defer func() {
+		if err != nil {
+			d.Stop(context.Background())
+		}
+	}()
+	if err := os.MkdirAll(cfg.DataDir, 0o700); err != nil {
+		return nil, fmt.Errorf("create data_dir %s: %w", cfg.DataDir, err)
+	}
+	d.spool, err = storage.Open(SpoolDir(cfg), storage.Options{Logger: d.log.With("sys", "spool"), Now: opts.Now})
+	if err != nil {
+		return nil, err
+	}
+	d.onStop(func(context.Context) error { return d.spool.Close() })
+	st := d.spool.Stats()
+	d.log.Info("spool open", "dir", SpoolDir(cfg), "messages", st.Messages, "bytes", st.Bytes)
+
+	if err := d.startAdmin(); err != nil {
+		return nil, err
+	}
+
+	d.smtp, err = smtpd.New(cfg, d.spool, smtpd.Options{
+		Logger:   d.log.With("sys", "smtpd"),
+		Now:      opts.Now,
+		TLSDir:   cfg.DataDir,
+		Headroom: storage.Headroom,
+		OnQueued: d.queued,
+	})
+	if err != nil {
+		return nil, err
+	}
+	if err := d.smtp.Start(); err != nil {
+		return nil, err
+	}
+	d.onStop(func(ctx context.Context) error {
+		ctx, cancel := context.WithTimeout(ctx, cfg.SMTP.ShutdownTimeout.D())
+		defer cancel()
+		return d.smtp.Shutdown(ctx)
+	})
+	d.log.Info("mxbox started", "version", opts.Version, "hostname", cfg.Hostname, "config", cfg.Source)
+	return d, nil
+}
+
+// onStop registers a stop function; they run last-registered first.
+func (d *Daemon) onStop(f func(context.Context) error) {
+	d.stops = append([]func(context.Context) error{f}, d.stops...)
+}
+
+// queued is called by smtpd after each committed message.
+func (d *Daemon) queued(id string) {}
+
+// SMTPAddrs returns the bound SMTP listener addresses by service.
+func (d *Daemon) SMTPAddrs() map[string]net.Addr { return d.smtp.Addrs() }
+
+// Spool exposes the spool to in-process callers (tests, admin API).
+func (d *Daemon) Spool() *storage.Spool { return d.spool }
+
+// Stop shuts everything down in reverse start order: SMTP drains first so
+// in-flight messages are committed before the spool closes.
+func (d *Daemon) Stop(ctx context.Context) error {
+	var errs []error
+	for _, f := range d.stops {
+		if err := f(ctx); err != nil {
+			errs = append(errs, err)
+			d.log.Error("stop", "err", err)
+		}
+	}
+	d.stops = nil
+	d.log.Info("mxbox stopped")
+	return errors.Join(errs...)
+}
