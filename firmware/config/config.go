@@ -199,11 +199,12 @@ func (c *checker) add(key, format string, args ...any) {
 	c.errs = append(c.errs, fieldError{key, fmt.Sprintf(format, args...)})
 }
 
-// addr checks a host:port listen or upstream address. An empty value is
-// allowed when optional (the listener is off).
-func (c *checker) addr(key, v string, optional bool) {
+// addr checks a host:port address. listener=true is for listen keys: empty
+// turns the listener off and port 0 picks a free port (tests use it);
+// upstream addresses need a real port.
+func (c *checker) addr(key, v string, listener bool) {
 	if v == "" {
-		if !optional {
+		if !listener {
 			c.add(key, "address required")
 		}
 		return
@@ -216,7 +217,7 @@ func (c *checker) addr(key, v string, optional bool) {
 	if host != "" && strings.ContainsAny(host, " /") {
 		c.add(key, "invalid host in %q", v)
 	}
-	if p, err := parsePort(port); err != nil || p == 0 {
+	if p, err := parsePort(port); err != nil || (p == 0 && !listener) {
 		c.add(key, "invalid port in %q", v)
 	}
 }
