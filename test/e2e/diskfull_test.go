@@ -168,4 +168,3 @@ max_message_bytes = "4M"`, "", ""))
 	}
 	t.Logf("%d messages acknowledged and intact; refused with %q", len(acked), refused)
 }
-
