@@ -56,15 +56,41 @@ func Start(t testing.TB, zone string) *Server { return StartOn(t, "127.0.0.1", z
 // authority) for recursion.
 func StartOn(t testing.TB, ip string, zone string) *Server {
 	t.Helper()
-	z, err := parseZone(zone)
-	if err != nil {
-		t.Fatalf("dnstest: %v", err)
-	}
-	s := &Server{zone: z, rcodes: map[string]int{}, drops: map[string]bool{}}
 	pc, ln, err := listenPair(ip)
 	if err != nil {
 		t.Fatalf("dnstest: %v", err)
 	}
+	return start(t, pc, ln, zone)
+}
+
+// StartAt serves on an exact "ip:port" (UDP and TCP). Recursion tests need
+// it: referrals carry addresses but no ports, so a fake root, TLD and
+// authority must share one port on different loopback addresses. It returns
+// an error (not a test failure) when the port is taken, so the caller can
+// pick another.
+func StartAt(t testing.TB, addr string, zone string) (*Server, error) {
+	t.Helper()
+	pc, err := net.ListenPacket("udp", addr)
+	if err != nil {
+		return nil, err
+	}
+	ln, err := net.Listen("tcp", addr)
+	if err != nil {
+		pc.Close()
+		return nil, err
+	}
+	return start(t, pc, ln, zone), nil
+}
+
+func start(t testing.TB, pc net.PacketConn, ln net.Listener, zone string) *Server {
+	t.Helper()
+	z, err := parseZone(zone)
+	if err != nil {
+		pc.Close()
+		ln.Close()
+		t.Fatalf("dnstest: %v", err)
+	}
+	s := &Server{zone: z, rcodes: map[string]int{}, drops: map[string]bool{}}
 	s.Addr = pc.LocalAddr().String()
 	s.udp = s.serve(&dns.Server{PacketConn: pc, Handler: s.handler(false)})
 	s.tcp = s.serve(&dns.Server{Listener: ln, Handler: s.handler(true), ReadTimeout: 2 * time.Second, IdleTimeout: func() time.Duration { return 2 * time.Second }})
