@@ -27,7 +27,9 @@ type TempError struct {
 	Reason string
 }
 
-func (e *TempError) Error() string { return fmt.Sprintf("lookup %s: temporary failure: %s", e.Name, e.Reason) }
+func (e *TempError) Error() string {
+	return fmt.Sprintf("lookup %s: temporary failure: %s", e.Name, e.Reason)
+}
 
 // Temporary reports true: callers check it with errors.As or an interface.
 func (e *TempError) Temporary() bool { return true }

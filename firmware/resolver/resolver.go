@@ -17,11 +17,11 @@ import (
 )
 
 const (
-	servfailTTL    = 5 * time.Second        // "SERVFAIL cached only briefly"
-	staleRetry     = 30 * time.Second       // RFC 8767: refresh a stale name at most this often
+	servfailTTL    = 5 * time.Second         // "SERVFAIL cached only briefly"
+	staleRetry     = 30 * time.Second        // RFC 8767: refresh a stale name at most this often
 	staleWait      = 1800 * time.Millisecond // a stub gives up around 2 s: answer stale before that
-	noSOANegTTL    = 5 * time.Second        // negative answer without SOA: RFC 2308 says don't cache; barely do
-	maxBackground  = 64                     // concurrent background refreshes/prefetches
+	noSOANegTTL    = 5 * time.Second         // negative answer without SOA: RFC 2308 says don't cache; barely do
+	maxBackground  = 64                      // concurrent background refreshes/prefetches
 	staticTTL      = 300
 	prefetchMinTTL = 10 * time.Second // prefetching a 5 s record is pointless churn
 )
