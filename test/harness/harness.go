@@ -8,6 +8,7 @@ package harness
 import (
 	"bufio"
 	"bytes"
+	"crypto/tls"
 	"encoding/json"
 	"fmt"
 	"io"
@@ -276,6 +277,21 @@ func (c *Client) Send(s string) error {
 
 // Close closes the connection.
 func (c *Client) Close() error { return c.Conn.Close() }
+
+// StartTLS issues STARTTLS and switches the connection to TLS (any
+// certificate: test servers use self-signed ones).
+func (c *Client) StartTLS() (string, error) {
+	rep, err := c.Cmd("STARTTLS")
+	if err != nil || !strings.HasPrefix(rep, "220") {
+		return rep, err
+	}
+	tc := tls.Client(c.Conn, &tls.Config{InsecureSkipVerify: true})
+	if err := tc.Handshake(); err != nil {
+		return rep, err
+	}
+	c.Conn, c.R = tc, bufio.NewReader(tc)
+	return rep, nil
+}
 
 // SendMail runs one full transaction (EHLO, MAIL, RCPTs, DATA) and returns
 // the final reply. body is sent dot-stuffed with CRLF line ends.
