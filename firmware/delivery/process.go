@@ -220,9 +220,10 @@ func fill(n int, res *result) []*result {
 func (r *Runner) settle(env *storage.Envelope, body []byte, results []*result, attempted bool) {
 	now := r.now()
 	d := r.d
-	if attempted {
-		env.Attempts++
-	}
+	// A deferral while the next hop is down counts too: it is what makes
+	// the backoff grow, so a long outage rewrites each envelope less and
+	// less often instead of every retry_min.
+	env.Attempts++
 	var lastErr string
 	for i, res := range results {
 		if res == nil {
