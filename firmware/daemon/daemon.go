@@ -16,6 +16,8 @@ import (
 	"time"
 
 	"github.com/mxbox/mxbox/firmware/config"
+	"github.com/mxbox/mxbox/firmware/delivery"
+	"github.com/mxbox/mxbox/firmware/resolver"
 	"github.com/mxbox/mxbox/firmware/smtpd"
 	"github.com/mxbox/mxbox/storage"
 )
@@ -33,6 +35,8 @@ type Daemon struct {
 	opts  Options
 	log   *slog.Logger
 	spool *storage.Spool
+	dns   *resolver.Resolver
+	deliv *delivery.Runner
 	smtp  *smtpd.Server
 	admin *http.Server
 	stops []func(context.Context) error // in stop order, filled as things start
@@ -69,6 +73,32 @@ func Start(cfg *config.Config, opts Options) (d *Daemon, err error) {
 	st := d.spool.Stats()
 	d.log.Info("spool open", "dir", SpoolDir(cfg), "messages", st.Messages, "bytes", st.Bytes)
 
+	// The resolver comes before delivery (it resolves next hops in-process)
+	// and keeps its cache snapshot in the spool's blob store.
+	d.dns, err = resolver.New(cfg.DNS, resolver.Options{
+		Logger:        d.log.With("sys", "dns"),
+		Now:           opts.Now,
+		Store:         d.spool,
+		RelayPrefixes: cfg.SMTP.RelayPrefixes(),
+	})
+	if err != nil {
+		return nil, err
+	}
+	if err := d.dns.Start(); err != nil {
+		return nil, err
+	}
+	d.onStop(d.dns.Close)
+	if udp, _ := d.dns.Addr(); udp != nil {
+		d.log.Info("listening", "service", "dns", "addr", udp.String())
+	}
+
+	d.deliv, err = delivery.New(cfg, d.spool, d.dns, delivery.Options{Logger: d.log.With("sys", "delivery"), Now: opts.Now})
+	if err != nil {
+		return nil, err
+	}
+	d.deliv.Start()
+	d.onStop(d.deliv.Close)
+
 	if err := d.startAdmin(); err != nil {
 		return nil, err
 	}
@@ -101,7 +131,7 @@ func (d *Daemon) onStop(f func(context.Context) error) {
 }
 
 // queued is called by smtpd after each committed message.
-func (d *Daemon) queued(id string) {}
+func (d *Daemon) queued(id string) { d.deliv.Notify(id) }
 
 // SMTPAddrs returns the bound SMTP listener addresses by service.
 func (d *Daemon) SMTPAddrs() map[string]net.Addr { return d.smtp.Addrs() }
