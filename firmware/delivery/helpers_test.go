@@ -523,3 +523,7 @@ func (f *fixture) dsns() []*storage.Envelope {
 
 var _ = bytes.Contains
 var _ = strings.Contains
+
+var tempErr = &smtp.SMTPError{Code: 451, EnhancedCode: smtp.EnhancedCode{4, 3, 0}, Message: "later"}
+
+func itoa(n int) string { return fmt.Sprint(n) }

@@ -46,6 +46,8 @@ type router struct {
 	maxHosts int
 	maxAddrs int
 	resolver Resolver
+	// mxPort is 25; tests point it at their sinks' port.
+	mxPort int
 }
 
 type suffixRoute struct {
@@ -80,6 +82,7 @@ func newRouter(cfg *config.Config, res Resolver) (*router, error) {
 		maxHosts: d.MaxHosts,
 		maxAddrs: d.MaxAddresses,
 		resolver: res,
+		mxPort:   25,
 	}
 	roots, err := loadRoots(d.TLSCAFile)
 	if err != nil {
@@ -215,7 +218,7 @@ func (rt *router) targets(ctx context.Context, r *route, domain string) ([]targe
 			}
 		}
 		for _, m := range mxs {
-			out = append(out, target{name: strings.ToLower(strings.TrimSuffix(m.Host, ".")), port: 25})
+			out = append(out, target{name: strings.ToLower(strings.TrimSuffix(m.Host, ".")), port: rt.mxPort})
 		}
 	}
 	if len(out) > rt.maxHosts {
