@@ -339,6 +339,37 @@ func (r *Resolver) lookupCached(key []byte, now time.Time) *entry {
 	return e
 }
 
+// cachedStale returns a stale-servable entry whose refresh failed less
+// than 30 s ago: the fast path answers it without queueing for a worker,
+// which is what keeps an outage cheap.
+func (r *Resolver) cachedStale(key []byte, now time.Time) *entry {
+	if r.maxStale == 0 {
+		return nil
+	}
+	e := r.cache.get(key, now)
+	if e == nil || e.kind == kindServFail || now.Sub(time.Unix(0, e.lastFail.Load())) >= staleRetry {
+		return nil
+	}
+	return e
+}
+
+// upstreamsDown reports that forwarders exist and all are in backoff, and
+// recursion is off (its health is not tracked, so it is always worth a try).
+func (r *Resolver) upstreamsDown(now time.Time) bool {
+	if len(r.fwd) == 0 || r.cfg.Recursion {
+		return false
+	}
+	for _, f := range r.fwd {
+		f.mu.Lock()
+		down := now.Before(f.downUntil)
+		f.mu.Unlock()
+		if !down {
+			return false
+		}
+	}
+	return true
+}
+
 // resolve is the whole pipeline for one question: static → fresh cache →
 // stale rules → upstream (forwarders, then recursion). stale reports that e
 // is expired data served under RFC 8767.
@@ -357,6 +388,13 @@ func (r *Resolver) resolve(ctx context.Context, name string, qtype uint16, do bo
 		old = nil
 	}
 	if old != nil && now.Sub(time.Unix(0, old.lastFail.Load())) < staleRetry {
+		r.stats.stale.Add(1)
+		return old, true, nil
+	}
+	if old != nil && r.upstreamsDown(now) {
+		// Every forwarder is in backoff: waiting 1.8 s per name would only
+		// delay the stale answer. Refresh in the background instead.
+		r.startFetch(string(key), name, qtype, do, false)
 		r.stats.stale.Add(1)
 		return old, true, nil
 	}

@@ -191,6 +191,11 @@ func (r *Resolver) fastPath(dst, p []byte, client netip.Addr, tcp bool) (resp []
 		r.stats.hits.Add(1)
 		return appendAnswer(dst, p, &q, e, now, false, replyLimit(&q, tcp)), false
 	}
+	if e := r.cachedStale(key, now); e != nil {
+		r.stats.misses.Add(1)
+		r.stats.stale.Add(1)
+		return appendAnswer(dst, p, &q, e, now, true, replyLimit(&q, tcp)), false
+	}
 	return nil, true
 }
 

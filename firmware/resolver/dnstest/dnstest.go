@@ -84,18 +84,49 @@ func StartAt(t testing.TB, addr string, zone string) (*Server, error) {
 
 func start(t testing.TB, pc net.PacketConn, ln net.Listener, zone string) *Server {
 	t.Helper()
+	s, err := newServer(pc, ln, zone)
+	if err != nil {
+		t.Fatalf("dnstest: %v", err)
+	}
+	t.Cleanup(s.Close)
+	return s
+}
+
+// Serve is Start for programs that are not tests (the benchmark harness's
+// upstream): addr is "127.0.0.1:0" or an exact loopback "ip:port"; the
+// caller stops it with Close.
+func Serve(addr, zone string) (*Server, error) {
+	host, port, err := net.SplitHostPort(addr)
+	if err != nil {
+		return nil, err
+	}
+	var pc net.PacketConn
+	var ln net.Listener
+	if port == "0" {
+		pc, ln, err = listenPair(host)
+	} else if pc, err = net.ListenPacket("udp", addr); err == nil {
+		if ln, err = net.Listen("tcp", addr); err != nil {
+			pc.Close()
+		}
+	}
+	if err != nil {
+		return nil, err
+	}
+	return newServer(pc, ln, zone)
+}
+
+func newServer(pc net.PacketConn, ln net.Listener, zone string) (*Server, error) {
 	z, err := parseZone(zone)
 	if err != nil {
 		pc.Close()
 		ln.Close()
-		t.Fatalf("dnstest: %v", err)
+		return nil, err
 	}
 	s := &Server{zone: z, rcodes: map[string]int{}, drops: map[string]bool{}}
 	s.Addr = pc.LocalAddr().String()
 	s.udp = s.serve(&dns.Server{PacketConn: pc, Handler: s.handler(false)})
 	s.tcp = s.serve(&dns.Server{Listener: ln, Handler: s.handler(true), ReadTimeout: 2 * time.Second, IdleTimeout: func() time.Duration { return 2 * time.Second }})
-	t.Cleanup(s.close)
-	return s
+	return s, nil
 }
 
 // listenPair opens UDP on ip:0 and TCP on the same port; the TCP port can be
@@ -125,7 +156,8 @@ func (s *Server) serve(srv *dns.Server) *dns.Server {
 	return srv
 }
 
-func (s *Server) close() {
+// Close stops the server (tests need not call it: Start registers it).
+func (s *Server) Close() {
 	s.udp.Shutdown() //nolint:errcheck
 	s.tcp.Shutdown() //nolint:errcheck
 }
