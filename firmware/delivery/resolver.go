@@ -5,6 +5,8 @@ import (
 	"errors"
 	"net"
 	"net/netip"
+
+	"github.com/mxbox/mxbox/firmware/resolver"
 )
 
 // Resolver is what delivery needs from DNS. The daemon passes the in-process
@@ -18,11 +20,11 @@ type Resolver interface {
 }
 
 // dnsNotFoundErrs and dnsNoDataErrs are the sentinels a Resolver wraps with
-// %w for NXDOMAIN and for "name exists, no records of that type".
-// resolver_sentinels.go adds the resolver package's own.
+// %w for NXDOMAIN and for "name exists, no records of that type"; tests add
+// their fake resolver's.
 var (
-	dnsNotFoundErrs []error
-	dnsNoDataErrs   []error
+	dnsNotFoundErrs = []error{resolver.ErrNotFound}
+	dnsNoDataErrs   = []error{resolver.ErrNoData}
 )
 
 // dnsClass sorts a lookup error: the name does not exist, it has no records
