@@ -6,7 +6,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 go mod download
 need=()
-for pair in swaks:swaks smtp-source:postfix unbound:unbound dnsmasq:dnsmasq-base dnsperf:dnsperf; do
+for pair in qemu-arm-static:qemu-user-static swaks:swaks smtp-source:postfix unbound:unbound dnsmasq:dnsmasq-base dnsperf:dnsperf; do
 	cmd=${pair%%:*} pkg=${pair##*:}
 	command -v "$cmd" >/dev/null 2>&1 || [ -x "/usr/sbin/$cmd" ] || need+=("$pkg")
 done

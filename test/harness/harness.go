@@ -29,9 +29,8 @@ import (
 )
 
 var (
-	buildOnce sync.Once
-	binPath   string
-	buildErr  error
+	buildMu sync.Mutex
+	builds  = map[string]string{} // GOARCH/GOARM -> binary path
 )
 
 // RepoRoot finds the module root from this source file's location.
@@ -40,26 +39,36 @@ func RepoRoot() string {
 	return filepath.Clean(filepath.Join(filepath.Dir(file), "..", ".."))
 }
 
-// Binary builds ./firmware/cmd/mxbox once per test process and returns its path.
-func Binary(t testing.TB) string {
+// Binary builds ./firmware/cmd/mxbox for this machine once per test process
+// and returns its path.
+func Binary(t testing.TB) string { return BinaryFor(t, "", "") }
+
+// BinaryFor cross-builds mxbox (CGO_ENABLED=0) for goarch/goarm, once per
+// test process; empty goarch means the host.
+func BinaryFor(t testing.TB, goarch, goarm string) string {
 	t.Helper()
-	buildOnce.Do(func() {
-		dir, err := os.MkdirTemp("", "mxbox-bin-")
-		if err != nil {
-			buildErr = err
-			return
-		}
-		binPath = filepath.Join(dir, "mxbox")
-		cmd := exec.Command("go", "build", "-o", binPath, "./firmware/cmd/mxbox")
-		cmd.Dir = RepoRoot()
-		if out, err := cmd.CombinedOutput(); err != nil {
-			buildErr = fmt.Errorf("go build: %v\n%s", err, out)
-		}
-	})
-	if buildErr != nil {
-		t.Fatal(buildErr)
+	buildMu.Lock()
+	defer buildMu.Unlock()
+	key := goarch + "/" + goarm
+	if p, ok := builds[key]; ok {
+		return p
 	}
-	return binPath
+	dir, err := os.MkdirTemp("", "mxbox-bin-")
+	if err != nil {
+		t.Fatal(err)
+	}
+	p := filepath.Join(dir, "mxbox")
+	cmd := exec.Command("go", "build", "-o", p, "./firmware/cmd/mxbox")
+	cmd.Dir = RepoRoot()
+	cmd.Env = os.Environ()
+	if goarch != "" {
+		cmd.Env = append(cmd.Env, "CGO_ENABLED=0", "GOOS=linux", "GOARCH="+goarch, "GOARM="+goarm)
+	}
+	if out, err := cmd.CombinedOutput(); err != nil {
+		t.Fatalf("go build %s: %v\n%s", key, err, out)
+	}
+	builds[key] = p
+	return p
 }
 
 // Config returns a test config: every listener on 127.0.0.1 port 0, the spool
@@ -97,6 +106,7 @@ type Daemon struct {
 	cmd        *exec.Cmd
 	log        *syncBuffer
 	waitErr    chan error
+	argv       []string // command that runs mxbox (default: the host binary)
 	// Addrs maps service name (smtp, submission, dns, ...) to "127.0.0.1:port".
 	Addrs map[string]string
 }
@@ -106,7 +116,14 @@ var listenRE = regexp.MustCompile(`msg=listening .*service=(\S+) addr=(\S+)`)
 // Start writes cfgText to dir/mxbox.toml and starts the daemon.
 func Start(t testing.TB, dir, cfgText string) *Daemon {
 	t.Helper()
-	d := &Daemon{t: t, Dir: dir, ConfigPath: filepath.Join(dir, "mxbox.toml")}
+	return StartCmd(t, dir, cfgText, []string{Binary(t)})
+}
+
+// StartCmd is Start with the command that runs mxbox given, e.g. an
+// emulator and a cross-built binary.
+func StartCmd(t testing.TB, dir, cfgText string, argv []string) *Daemon {
+	t.Helper()
+	d := &Daemon{t: t, Dir: dir, ConfigPath: filepath.Join(dir, "mxbox.toml"), argv: argv}
 	if err := os.MkdirAll(dir, 0o700); err != nil {
 		t.Fatal(err)
 	}
@@ -121,7 +138,8 @@ func Start(t testing.TB, dir, cfgText string) *Daemon {
 func (d *Daemon) start() {
 	d.t.Helper()
 	d.log = &syncBuffer{}
-	d.cmd = exec.Command(Binary(d.t), "serve", "-config", d.ConfigPath)
+	args := append(append([]string{}, d.argv[1:]...), "serve", "-config", d.ConfigPath)
+	d.cmd = exec.Command(d.argv[0], args...)
 	d.cmd.Stdout = d.log
 	d.cmd.Stderr = d.log
 	if err := d.cmd.Start(); err != nil {
