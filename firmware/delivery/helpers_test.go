@@ -78,6 +78,7 @@ type sink struct {
 	dataErr  *smtp.SMTPError
 	user     string
 	pass     string
+	delay    time.Duration
 	received chan sunk
 }
 
@@ -87,6 +88,7 @@ type sinkOpts struct {
 	user     string
 	pass     string
 	maxBytes int64
+	delay    time.Duration // before answering each DATA: a slow upstream
 }
 
 // startSink serves SMTP on ip (127.0.0.x) at port (0 = any); it stops with the test.
@@ -97,7 +99,7 @@ func startSink(t testing.TB, ip string, o sinkOpts) *sink {
 		t.Fatalf("sink listen %s:%d: %v", ip, o.port, err)
 	}
 	s := &sink{Addr: ln.Addr().String(), IP: ip, ln: ln, rcptErr: map[string]*smtp.SMTPError{},
-		user: o.user, pass: o.pass, received: make(chan sunk, 10000)}
+		user: o.user, pass: o.pass, delay: o.delay, received: make(chan sunk, 10000)}
 	srv := smtp.NewServer(smtp.BackendFunc(func(c *smtp.Conn) (smtp.Session, error) {
 		s.mu.Lock()
 		s.conns++
@@ -218,6 +220,9 @@ func (ss *sinkSession) Data(r io.Reader) error {
 	b, err := io.ReadAll(r)
 	if err != nil {
 		return err
+	}
+	if ss.s.delay > 0 {
+		time.Sleep(ss.s.delay)
 	}
 	ss.s.mu.Lock()
 	defer ss.s.mu.Unlock()
