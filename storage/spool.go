@@ -54,6 +54,9 @@ type Options struct {
 	GCInterval time.Duration
 	// ReadOnly opens the spool for inspection while no daemon runs.
 	ReadOnly bool
+	// NoSync skips fsync. Only for tests and benchmarks that measure
+	// something else; the daemon never sets it.
+	NoSync bool
 }
 
 // Spool is the durable mail queue.
@@ -137,7 +140,11 @@ func Open(dir string, o Options) (*Spool, error) {
 			return nil, fmt.Errorf("create spool dir %s: %w", dir, err)
 		}
 	}
-	db, err := badger.Open(badgerOptions(dir, o.Logger, o.ReadOnly))
+	bo := badgerOptions(dir, o.Logger, o.ReadOnly)
+	if o.NoSync {
+		bo = bo.WithSyncWrites(false)
+	}
+	db, err := badger.Open(bo)
 	if err != nil {
 		return nil, fmt.Errorf("open spool %s: %w", dir, err)
 	}
