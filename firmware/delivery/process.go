@@ -9,24 +9,26 @@ import (
 	"github.com/mxbox/mxbox/storage"
 )
 
-// process attempts one message and records the outcome.
-func (r *Runner) process(j job) {
+// process attempts one message and hands the outcome to a settler; it
+// returns false when there was nothing to record.
+func (r *Runner) process(j job) bool {
 	env, body, err := r.spool.Get(j.id)
 	if errors.Is(err, storage.ErrNotFound) {
-		return // delivered, deleted or bounced meanwhile
+		return false // delivered, deleted or bounced meanwhile
 	}
 	if err != nil {
 		// Local trouble is never the message's fault: leave it scheduled
 		// and slow down so a sick spool is not hammered.
 		r.log.Error("read queued message", "id", j.id, "err", err)
 		r.sleep(time.Second)
-		return
+		return false
 	}
 	if env.Held || (!j.force && env.NextAttempt.After(r.now())) {
-		return // held, or rescheduled since the scan saw it
+		return false // held, or rescheduled since the scan saw it
 	}
 	results, attempted := r.attempt(env, body)
-	r.settle(env, body, results, attempted)
+	r.settleCh <- settleJob{env, body, results, attempted}
+	return true
 }
 
 func (r *Runner) sleep(d time.Duration) {

@@ -71,8 +71,11 @@ type Runner struct {
 	cancel  context.CancelFunc
 	wg      sync.WaitGroup
 	workers sync.WaitGroup
-	started atomic.Bool
-	closed  atomic.Bool
+	// settleCh feeds the settlers; its capacity is their number.
+	settleCh chan settleJob
+	settlers sync.WaitGroup
+	started  atomic.Bool
+	closed   atomic.Bool
 
 	delivered, deferred, bounced, dsns, attempts atomic.Uint64
 }
@@ -119,6 +122,9 @@ func New(cfg *config.Config, spool *storage.Spool, res Resolver, opts Options) (
 		notify: make(chan string, 1024),
 		wake:   make(chan struct{}, 1),
 		done:   make(chan struct{}, 1),
+		// Enough settlers that a worker rarely waits for one: each holds a
+		// result while Badger's group commit fsyncs.
+		settleCh: make(chan settleJob, 2*d.Concurrency),
 
 		inflight: map[string]bool{}, hops: map[string]*hop{},
 		walking: map[string]bool{}, walkAgain: map[string]bool{}, active: map[*upstream]bool{},
@@ -137,6 +143,10 @@ func (r *Runner) Start() {
 		r.workers.Add(1)
 		go r.worker()
 	}
+	for range cap(r.settleCh) {
+		r.settlers.Add(1)
+		go r.settler()
+	}
 	r.wg.Add(2)
 	go r.loop()
 	go r.janitor()
@@ -152,7 +162,15 @@ func (r *Runner) Close(ctx context.Context) error {
 	}
 	r.cancel()
 	finished := make(chan struct{})
-	go func() { r.workers.Wait(); r.wg.Wait(); close(finished) }()
+	go func() {
+		r.workers.Wait()
+		// Results of finished transactions are recorded even when stopping:
+		// dropping them would only cause duplicates, but why have those.
+		close(r.settleCh)
+		r.settlers.Wait()
+		r.wg.Wait()
+		close(finished)
+	}()
 	var err error
 	select {
 	case <-finished:
@@ -332,15 +350,40 @@ func (r *Runner) worker() {
 		case <-r.ctx.Done():
 			return
 		case j := <-r.work:
-			r.process(j)
-			r.mu.Lock()
-			delete(r.inflight, j.id)
-			r.mu.Unlock()
-			select {
-			case r.done <- struct{}{}:
-			default:
+			if !r.process(j) {
+				r.finish(j.id)
 			}
 		}
+	}
+}
+
+// settleJob is a finished attempt waiting to be recorded.
+type settleJob struct {
+	env       *storage.Envelope
+	body      []byte
+	results   []*result
+	attempted bool
+}
+
+// settler records attempts. Recording waits for an fsync; doing it here
+// rather than in the worker lets the worker's session carry the next
+// message meanwhile, and lets Badger commit many results with one fsync.
+// The message stays in flight until its result is on flash.
+func (r *Runner) settler() {
+	defer r.settlers.Done()
+	for sj := range r.settleCh {
+		r.settle(sj.env, sj.body, sj.results, sj.attempted)
+		r.finish(sj.env.ID)
+	}
+}
+
+func (r *Runner) finish(id string) {
+	r.mu.Lock()
+	delete(r.inflight, id)
+	r.mu.Unlock()
+	select {
+	case r.done <- struct{}{}:
+	default:
 	}
 }
 
