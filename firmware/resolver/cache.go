@@ -5,6 +5,8 @@ import (
 	"sync"
 	"sync/atomic"
 	"time"
+
+	"github.com/miekg/dns"
 )
 
 // kind classifies a cached answer; the API and the stale rules care.
@@ -18,37 +20,52 @@ const (
 )
 
 // entry is one cached answer: the packed reply (ID 0, lower-case question,
-// TTLs as clamped at store time, no OPT) plus what the fast path needs.
-// Everything but the LRU links and the atomics is immutable once stored.
+// TTLs as clamped at store time, no OPT). It is kept small on purpose (the
+// budget is 50,000 names in well under 40 MB): times are unix nanoseconds,
+// the owner name and RR offsets are re-read from msg when needed, and
+// everything but the LRU links and the atomics is immutable once stored.
 type entry struct {
 	key        string
-	name       string // lower-case FQDN, for pinning
+	msg        []byte
+	stored     int64 // unix nanos
+	expires    int64 // stored + smallest TTL
+	staleUntil int64 // expires + max_stale (== expires when not stale-servable)
+	lastFail   atomic.Int64 // unix nanos of the last failed refresh: retry ≤ every 30 s
+	prev, next *entry
+	qEnd       uint16 // end of the question in msg
 	qtype      uint16
 	kind       kind
-	rcode      int
-	msg        []byte
-	l          layout
-	stored     time.Time
-	expires    time.Time // stored + smallest TTL
-	staleUntil time.Time // expires + max_stale (== expires when not stale-servable)
+	rcode      uint8
 	static     bool
-
-	lastFail   atomic.Int64 // unix nanos of the last failed refresh: retry ≤ every 30 s
 	prefetched atomic.Bool
-
-	prev, next *entry
-	shard      *shard
 }
 
-// entryOverhead approximates the Go memory of an entry beyond its byte
-// slices (struct, map slot, slice headers) so cache_bytes bounds real RSS.
-const entryOverhead = 240
+// entryOverhead approximates the Go memory of an entry beyond key and msg
+// (struct, map slot, allocation rounding), calibrated by
+// TestMemoryFor50kNames, so cache_bytes bounds real memory.
+const entryOverhead = 176
 
-func (e *entry) size() int {
-	return entryOverhead + len(e.key) + len(e.name) + len(e.msg) + 8*len(e.l.ttlOffs)
+func (e *entry) size() int { return entryOverhead + len(e.key) + cap(e.msg) }
+
+func (e *entry) ttl() time.Duration { return time.Duration(e.expires - e.stored) }
+
+func (e *entry) fresh(now time.Time) bool { return now.UnixNano() < e.expires }
+
+// inLastTenth reports whether now is in the last 10% of the TTL (prefetch).
+func (e *entry) inLastTenth(now time.Time) bool {
+	return now.UnixNano() >= e.expires-int64(e.ttl()/10)
 }
 
-func (e *entry) ttl() time.Duration { return e.expires.Sub(e.stored) }
+func (e *entry) dead(now time.Time) bool { return now.UnixNano() > e.staleUntil }
+
+// name is the owner name (lower-case FQDN) read back from the question.
+func (e *entry) name() string {
+	n, _, err := dns.UnpackDomainName(e.msg, headerLen)
+	if err != nil {
+		return "."
+	}
+	return n
+}
 
 // cache is a byte-bounded LRU split into shards so the two cores (and many
 // socket readers) do not serialize on one mutex.
@@ -90,7 +107,7 @@ func (c *cache) get(key []byte, now time.Time) *entry {
 	s.mu.Lock()
 	e := s.m[string(key)]
 	if e != nil {
-		if now.After(e.staleUntil) {
+		if e.dead(now) {
 			s.remove(e)
 			e = nil
 		} else {
@@ -116,7 +133,6 @@ func (c *cache) peek(key string) *entry {
 // is waiting for them.
 func (c *cache) put(e *entry) {
 	s := c.shardFor([]byte(e.key))
-	e.shard = s
 	s.mu.Lock()
 	if old := s.m[e.key]; old != nil {
 		s.remove(old)
@@ -130,7 +146,7 @@ func (c *cache) put(e *entry) {
 		if victim == e {
 			break
 		}
-		if c.isPinned != nil && c.isPinned(victim.name) {
+		if c.isPinned != nil && c.isPinned(victim.name()) {
 			s.unlink(victim)
 			s.pushFront(victim)
 			continue

@@ -216,7 +216,7 @@ func (r *Resolver) buildStatic(recs []config.DNSRecord) error {
 					return fmt.Errorf("resolver: static %s: %v", name, err)
 				}
 				e.static = true
-				e.staleUntil = time.Unix(1<<40, 0)
+				e.staleUntil = 1 << 62
 				e.expires = e.staleUntil
 				r.static[key] = e
 			}
@@ -242,7 +242,7 @@ func (r *Resolver) makeEntry(key, name string, qtype uint16, resp *dns.Msg, now 
 	m.Response = true
 	m.Rcode = resp.Rcode
 	m.Question = []dns.Question{{Name: name, Qtype: qtype, Qclass: dns.ClassINET}}
-	e := &entry{key: key, name: name, qtype: qtype, stored: now, rcode: resp.Rcode}
+	e := &entry{key: key, qtype: qtype, stored: now.UnixNano(), rcode: uint8(resp.Rcode)}
 	var ttl uint32
 	switch {
 	case resp.Rcode == dns.RcodeSuccess && len(resp.Answer) > 0:
@@ -292,12 +292,14 @@ func (r *Resolver) makeEntry(key, name string, qtype uint16, resp *dns.Msg, now 
 	if err != nil {
 		return nil, err
 	}
-	if e.l, err = walk(packed); err != nil {
+	qEnd, err := walk(packed)
+	if err != nil {
 		return nil, err
 	}
+	e.qEnd = uint16(qEnd)
 	e.msg = packed
-	e.expires = now.Add(time.Duration(ttl) * time.Second)
-	e.staleUntil = e.expires.Add(r.maxStale)
+	e.expires = e.stored + int64(ttl)*int64(time.Second)
+	e.staleUntil = e.expires + int64(r.maxStale)
 	return e, nil
 }
 
@@ -315,9 +317,10 @@ func servfailEntry(key, name string, qtype uint16, now time.Time) *entry {
 	m.Rcode = dns.RcodeServerFailure
 	m.Question = []dns.Question{{Name: name, Qtype: qtype, Qclass: dns.ClassINET}}
 	packed, _ := m.Pack()
-	l, _ := walk(packed)
-	return &entry{key: key, name: name, qtype: qtype, kind: kindServFail, rcode: dns.RcodeServerFailure,
-		msg: packed, l: l, stored: now, expires: now.Add(servfailTTL), staleUntil: now.Add(servfailTTL)}
+	qEnd, _ := walk(packed)
+	n := now.UnixNano()
+	return &entry{key: key, qtype: qtype, kind: kindServFail, rcode: dns.RcodeServerFailure, qEnd: uint16(qEnd),
+		msg: packed, stored: n, expires: n + int64(servfailTTL), staleUntil: n + int64(servfailTTL)}
 }
 
 // lookupCached answers from static records or a fresh cache entry; it
@@ -329,12 +332,12 @@ func (r *Resolver) lookupCached(key []byte, now time.Time) *entry {
 		}
 	}
 	e := r.cache.get(key, now)
-	if e == nil || !now.Before(e.expires) {
+	if e == nil || !e.fresh(now) {
 		return nil
 	}
-	if e.kind != kindServFail && e.ttl() >= prefetchMinTTL && now.After(e.expires.Add(-e.ttl()/10)) && !e.prefetched.Swap(true) {
+	if e.kind != kindServFail && e.ttl() >= prefetchMinTTL && e.inLastTenth(now) && !e.prefetched.Swap(true) {
 		r.stats.prefetches.Add(1)
-		r.startFetch(e.key, e.name, e.qtype, key[len(key)-1] == 1, false)
+		r.startFetch(e.key, e.name(), e.qtype, key[len(key)-1] == 1, false)
 	}
 	return e
 }
@@ -644,7 +647,7 @@ func (r *Resolver) refreshPinned() {
 				continue
 			}
 			e := r.cache.peek(key)
-			if e != nil && now.Before(e.expires.Add(-e.ttl()/10)) {
+			if e != nil && !e.inLastTenth(now) {
 				continue
 			}
 			if e != nil && now.Sub(time.Unix(0, e.lastFail.Load())) < staleRetry {

@@ -213,7 +213,7 @@ func (r *Resolver) slowPath(dst, p []byte, tcp bool) []byte {
 	ctx, cancel := context.WithTimeout(context.Background(), r.timeout)
 	defer cancel()
 	e, stale, err := r.resolve(ctx, name, q.qtype, q.do)
-	if err != nil || e.l.qEnd != q.qEnd { // qEnd differs only if the name did not round-trip
+	if err != nil || int(e.qEnd) != q.qEnd { // qEnd differs only if the name did not round-trip
 		r.stats.servfails.Add(1)
 		return appendError(dst, p, &q, dns.RcodeServerFailure, 0)
 	}

@@ -28,18 +28,16 @@ func (r *Resolver) encodeSnapshot(now time.Time) []byte {
 	put16 := func(v int) { binary.BigEndian.PutUint16(tmp[:2], uint16(v)); buf.Write(tmp[:2]) }
 	put64 := func(v int64) { binary.BigEndian.PutUint64(tmp[:], uint64(v)); buf.Write(tmp[:]) }
 	r.cache.each(func(e *entry) {
-		if e.kind == kindServFail || now.After(e.staleUntil) {
+		if e.kind == kindServFail || e.dead(now) {
 			return
 		}
 		put16(len(e.key))
 		buf.WriteString(e.key)
-		put16(len(e.name))
-		buf.WriteString(e.name)
 		put16(int(e.qtype))
 		buf.WriteByte(byte(e.kind))
-		put64(e.stored.UnixNano())
-		put64(e.expires.UnixNano())
-		put64(e.staleUntil.UnixNano())
+		put64(e.stored)
+		put64(e.expires)
+		put64(e.staleUntil)
 		put16(len(e.msg))
 		buf.Write(e.msg)
 	})
@@ -91,14 +89,6 @@ func (r *Resolver) decodeSnapshot(data []byte, now time.Time) (int, error) {
 		if err != nil {
 			return loaded, err
 		}
-		nl, err := get16()
-		if err != nil {
-			return loaded, err
-		}
-		n, err := take(nl)
-		if err != nil {
-			return loaded, err
-		}
 		qt, err := get16()
 		if err != nil {
 			return loaded, err
@@ -121,14 +111,21 @@ func (r *Resolver) decodeSnapshot(data []byte, now time.Time) (int, error) {
 		if err != nil {
 			return loaded, err
 		}
-		e.key, e.name, e.qtype, e.kind = string(k), string(n), uint16(qt), kind(kb[0])
-		e.stored, e.expires, e.staleUntil = time.Unix(0, ts[0]), time.Unix(0, ts[1]), time.Unix(0, ts[2])
+		e.key, e.qtype, e.kind = string(k), uint16(qt), kind(kb[0])
+		e.stored, e.expires, e.staleUntil = ts[0], ts[1], ts[2]
 		e.msg = append([]byte(nil), msg...)
-		if e.l, err = walk(e.msg); err != nil {
-			return loaded, fmt.Errorf("entry %q: %v", e.name, err)
+		qEnd, err := walk(e.msg)
+		if err != nil {
+			return loaded, fmt.Errorf("entry %d: %v", loaded, err)
 		}
-		e.rcode = int(binary.BigEndian.Uint16(e.msg[2:]) & 0xF)
-		if e.kind < kindPositive || e.kind > kindNoData || now.After(e.staleUntil) {
+		e.qEnd = uint16(qEnd)
+		e.rcode = uint8(binary.BigEndian.Uint16(e.msg[2:]) & 0xF)
+		// The key must be the question it answers, or a corrupt snapshot
+		// could make the fast path splice mismatched bytes.
+		if len(e.key) != qEnd-headerLen+1 || e.key[:len(e.key)-1] != string(e.msg[headerLen:qEnd]) || e.key[len(e.key)-1] > 1 {
+			return loaded, fmt.Errorf("entry %d: key does not match its question", loaded)
+		}
+		if e.kind < kindPositive || e.kind > kindNoData || e.dead(now) {
 			continue
 		}
 		r.cache.put(&e)

@@ -133,57 +133,43 @@ func appendKey(dst []byte, qname []byte, qtype, qclass uint16, do bool) []byte {
 	return append(dst, 0)
 }
 
-// layout is what the fast path needs to know about a packed cached answer.
-type layout struct {
-	qEnd    int
-	counts  [3]uint16 // answer, authority, additional
-	ttlOffs []uint16  // offset of each RR's TTL
-	ttls    []uint32  // the TTL written there at store time
-	rrEnds  []uint16  // offset just past each RR, for truncation
-}
-
-// walk parses the packed message msg enough to locate every RR.
-func walk(msg []byte) (l layout, err error) {
+// walk validates a packed cached answer (exactly one question, whole RRs,
+// no OPT, nothing trailing) and returns the end of its question. The fast
+// path relies on this having been checked once, at store or load time.
+func walk(msg []byte) (qEnd int, err error) {
 	if len(msg) < headerLen || len(msg) > maxUDPReply {
-		return l, errBadPacket
+		return 0, errBadPacket
 	}
 	if binary.BigEndian.Uint16(msg[4:]) != 1 {
-		return l, errBadPacket
+		return 0, errBadPacket
 	}
+	n := 0
 	for i := range 3 {
-		l.counts[i] = binary.BigEndian.Uint16(msg[6+2*i:])
+		n += int(binary.BigEndian.Uint16(msg[6+2*i:]))
 	}
 	off, err := skipName(msg, headerLen)
 	if err != nil || off+4 > len(msg) {
-		return l, errBadPacket
+		return 0, errBadPacket
 	}
 	off += 4
-	l.qEnd = off
-	n := int(l.counts[0]) + int(l.counts[1]) + int(l.counts[2])
-	l.ttlOffs = make([]uint16, 0, n)
-	l.ttls = make([]uint32, 0, n)
-	l.rrEnds = make([]uint16, 0, n)
+	qEnd = off
 	for range n {
 		off, err = skipName(msg, off)
 		if err != nil || off+10 > len(msg) {
-			return l, errBadPacket
+			return 0, errBadPacket
 		}
 		if binary.BigEndian.Uint16(msg[off:]) == typeOPT {
-			return l, errBadPacket // cached answers never carry OPT
+			return 0, errBadPacket // cached answers never carry OPT
 		}
-		l.ttlOffs = append(l.ttlOffs, uint16(off+4))
-		l.ttls = append(l.ttls, binary.BigEndian.Uint32(msg[off+4:]))
-		rdlen := int(binary.BigEndian.Uint16(msg[off+8:]))
-		off += 10 + rdlen
+		off += 10 + int(binary.BigEndian.Uint16(msg[off+8:]))
 		if off > len(msg) {
-			return l, errBadPacket
+			return 0, errBadPacket
 		}
-		l.rrEnds = append(l.rrEnds, uint16(off))
 	}
 	if off != len(msg) {
-		return l, errBadPacket
+		return 0, errBadPacket
 	}
-	return l, nil
+	return qEnd, nil
 }
 
 func skipName(msg []byte, off int) (int, error) {
@@ -243,43 +229,50 @@ func appendOPT(dst []byte, do, stale bool, extRcode uint8) []byte {
 // backwards, so any RR prefix of a packed message is valid).
 func appendAnswer(dst []byte, p []byte, q *query, e *entry, now time.Time, stale bool, limit int) []byte {
 	start := len(dst)
-	dst = appendHeader(dst, q, e.rcode, 0)
+	dst = appendHeader(dst, q, int(e.rcode), 0)
 	dst = append(dst, p[headerLen:q.qEnd]...)
-	dst = append(dst, e.msg[e.l.qEnd:]...)
+	dst = append(dst, e.msg[e.qEnd:]...)
 	out := dst[start:]
 	var elapsed uint32
 	if !e.static {
-		if d := now.Sub(e.stored); d > 0 {
-			elapsed = uint32(d / time.Second)
+		if d := now.UnixNano() - e.stored; d > 0 {
+			elapsed = uint32(d / int64(time.Second))
 		}
 	}
-	for i, off := range e.l.ttlOffs {
-		ttl := uint32(staleTTL)
-		if !stale {
-			ttl = 0
-			if e.l.ttls[i] > elapsed {
-				ttl = e.l.ttls[i] - elapsed
-			}
-		}
-		binary.BigEndian.PutUint32(out[off:], ttl)
-	}
-	counts := e.l.counts
 	opt := 0
 	if q.edns {
 		opt = optLen(stale)
 	}
-	if len(out)+opt > limit {
-		keep := 0
-		for keep < len(e.l.rrEnds) && int(e.l.rrEnds[keep])+opt <= limit {
-			keep++
+	var counts [3]uint16
+	total := 0
+	for i := range counts {
+		counts[i] = binary.BigEndian.Uint16(e.msg[6+2*i:])
+		total += int(counts[i])
+	}
+	kept, cut := 0, int(e.qEnd)
+	off := int(e.qEnd)
+	for i := range total {
+		o, err := skipName(out, off)
+		if err != nil || o+10 > len(out) {
+			break // cannot happen: e.msg passed walk
 		}
-		cut := e.l.qEnd
-		if keep > 0 {
-			cut = int(e.l.rrEnds[keep-1])
+		ttl := uint32(staleTTL)
+		if !stale {
+			ttl = 0
+			if orig := binary.BigEndian.Uint32(out[o+4:]); orig > elapsed {
+				ttl = orig - elapsed
+			}
 		}
+		binary.BigEndian.PutUint32(out[o+4:], ttl)
+		off = o + 10 + int(binary.BigEndian.Uint16(out[o+8:]))
+		if kept == i && off+opt <= limit {
+			kept, cut = i+1, off
+		}
+	}
+	if kept < total {
 		dst = dst[:start+cut]
 		out = dst[start:]
-		left := keep
+		left := kept
 		for i := range counts {
 			counts[i] = uint16(min(left, int(counts[i])))
 			left -= int(counts[i])
