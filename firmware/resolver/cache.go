@@ -27,9 +27,9 @@ const (
 type entry struct {
 	key        string
 	msg        []byte
-	stored     int64 // unix nanos
-	expires    int64 // stored + smallest TTL
-	staleUntil int64 // expires + max_stale (== expires when not stale-servable)
+	stored     int64        // unix nanos
+	expires    int64        // stored + smallest TTL
+	staleUntil int64        // expires + max_stale (== expires when not stale-servable)
 	lastFail   atomic.Int64 // unix nanos of the last failed refresh: retry ≤ every 30 s
 	prev, next *entry
 	qEnd       uint16 // end of the question in msg
