@@ -1,6 +1,8 @@
 package smtpd_test
 
 import (
+	"bufio"
+	"crypto/tls"
 	"encoding/base64"
 	"errors"
 	"fmt"
@@ -395,4 +397,54 @@ func TestConnectionLimitPerIP(t *testing.T) {
 	if !strings.HasPrefix(greet, "421 4.7.0") {
 		t.Fatalf("third connection from one address: %q %v", greet, err)
 	}
+}
+
+func TestExtensionsAndDSNParametersKept(t *testing.T) {
+	ts := start(t, "")
+	c := dial(t, ts.relay)
+	rep := expect(t, c, "EHLO c.test", "250")
+	for _, ext := range []string{"PIPELINING", "8BITMIME", "ENHANCEDSTATUSCODES", "SMTPUTF8", "CHUNKING", "DSN", "SIZE", "STARTTLS"} {
+		if !strings.Contains(rep, ext) {
+			t.Errorf("EHLO does not advertise %s: %q", ext, rep)
+		}
+	}
+	expect(t, c, "MAIL FROM:<a@example.org> RET=HDRS ENVID=QQ314159 BODY=8BITMIME", "250")
+	expect(t, c, "RCPT TO:<b@example.com> NOTIFY=FAILURE,DELAY ORCPT=rfc822;b@example.com", "250")
+	expect(t, c, "DATA", "354")
+	c.Send("Subject: dsn\r\n\r\n\xc3\xa9t\xc3\xa9\r\n.\r\n")
+	rep, _ = c.Reply()
+	id, ok := harness.QueuedID(rep)
+	if !ok {
+		t.Fatalf("DATA: %q", rep)
+	}
+	env, _ := ts.spool.Envelope(id)
+	r := env.Recipients[0]
+	if env.Ret != "HDRS" || env.EnvID != "QQ314159" || !env.Body8Bit || strings.Join(r.Notify, ",") != "FAILURE,DELAY" || !strings.EqualFold(r.ORcpt, "rfc822;b@example.com") {
+		t.Fatalf("DSN parameters not kept: %+v %+v", env, r)
+	}
+}
+
+func TestImplicitTLSListener(t *testing.T) {
+	ts := start(t, `tls_listen = "127.0.0.1:0"`)
+	addr := ts.srv.Addrs()["submissions"].String()
+	conn, err := tls.Dial("tcp", addr, &tls.Config{InsecureSkipVerify: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	c := &harness.Client{Conn: conn, R: bufio.NewReader(conn)}
+	defer c.Close()
+	if greet, _ := c.Reply(); !strings.HasPrefix(greet, "220 ") {
+		t.Fatalf("greeting over implicit TLS: %q", greet)
+	}
+	if rep := expect(t, c, "EHLO mua.test", "250"); !strings.Contains(rep, "AUTH PLAIN LOGIN") || strings.Contains(rep, "STARTTLS") {
+		t.Fatalf("implicit TLS EHLO: %q", rep)
+	}
+	expect(t, c, "MAIL FROM:<a@example.org>", "530 5.7.0") // submission rules: AUTH first
+}
+
+func TestOverlongLineRefused(t *testing.T) {
+	ts := start(t, "")
+	c := dial(t, ts.relay)
+	expect(t, c, "EHLO c.test", "250")
+	expect(t, c, "MAIL FROM:<"+strings.Repeat("a", 5000)+"@example.org>", "500 5.4.0")
 }
