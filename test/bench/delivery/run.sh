@@ -69,7 +69,7 @@ sink_up() {
 	for _ in $(seq 50); do (exec 3<>"/dev/tcp/$SINK_IP/$SINK_PORT") 2>/dev/null && return; sleep 0.1; done
 	die "smtp-sink did not start"
 }
-sink_down() { [ -n "$SINKPID" ] && kill "$SINKPID" 2>/dev/null && wait "$SINKPID" 2>/dev/null; SINKPID=; true; }
+sink_down() { if [ -n "$SINKPID" ]; then kill "$SINKPID" 2>/dev/null || true; wait "$SINKPID" 2>/dev/null || true; fi; SINKPID=; }
 
 log "building mxbox and benchtool"
 (cd "$REPO" && go build -trimpath -o "$WORK/mxbox" ./firmware/cmd/mxbox && go build -trimpath -o "$WORK/benchtool" ./test/bench/delivery/benchtool)
