@@ -65,6 +65,7 @@ type Resolver struct {
 	maxNegTTL uint32
 	maxStale  time.Duration
 	timeout   time.Duration
+	tcpIdle   time.Duration // tests shorten it
 
 	flightMu sync.Mutex
 	flights  map[string]*flight
@@ -102,6 +103,7 @@ func New(cfg config.DNS, opts Options) (*Resolver, error) {
 		bgSem:    make(chan struct{}, maxBackground),
 		done:     make(chan struct{}),
 		timeout:  cfg.QueryTimeout.D(),
+		tcpIdle:  tcpIdleTimeout,
 		maxStale: cfg.MaxStale.D(),
 	}
 	if r.log == nil {

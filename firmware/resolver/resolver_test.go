@@ -33,8 +33,11 @@ func TestCacheHitAndMiss(t *testing.T) {
 	if got := up.Queries(); got != 1 {
 		t.Errorf("upstream saw %d queries, want 1 (two cache hits)", got)
 	}
+	if m := ask(t, "udp", udpAddr(r), "example.test.", dns.TypeMX); m.IsEdns0() == nil || m.IsEdns0().UDPSize() != ednsSize {
+		t.Errorf("EDNS buffer not advertised as %d: %v", ednsSize, m.IsEdns0())
+	}
 	s := r.Stats()
-	if s.CacheHits != 2 || s.CacheMisses != 1 || s.Queries != 3 || s.Entries != 1 {
+	if s.CacheHits != 3 || s.CacheMisses != 1 || s.Queries != 4 || s.Entries != 1 {
 		t.Errorf("stats = %+v", s)
 	}
 	// A different type is a different key.
@@ -281,6 +284,57 @@ func TestStaleServedWhenUpstreamsDownAndRefreshedWhenBack(t *testing.T) {
 	}
 	if s := r.Stats(); s.StaleAnswers < 3 {
 		t.Errorf("stale counter %d", s.StaleAnswers)
+	}
+}
+
+func TestStaleAtOnceWhenEveryForwarderInBackoff(t *testing.T) {
+	up := startUpstream(t)
+	clk := newClock()
+	r := start(t, baseConfig(up.Addr), Options{Now: clk.Now})
+	names := []string{"mx1.example.test.", "mx2.example.test.", "example.test.", "www.example.test."}
+	for _, n := range names {
+		ask(t, "udp", udpAddr(r), n, dns.TypeA)
+	}
+	up.SetDown(true)
+	clk.Advance(301 * time.Second)
+	for _, n := range names[:3] { // three timeouts put the only forwarder in backoff
+		if m := ask(t, "udp", udpAddr(r), n, dns.TypeA); !isStale(m) {
+			t.Fatalf("%s: %v", n, m)
+		}
+	}
+	if !r.Stats().Forwarders[0].Down {
+		t.Fatalf("forwarder not in backoff: %+v", r.Stats().Forwarders)
+	}
+	start := time.Now()
+	if m := ask(t, "udp", udpAddr(r), names[3], dns.TypeA); !isStale(m) || time.Since(start) > 100*time.Millisecond {
+		t.Errorf("stale answer with every forwarder in backoff took %v: %v", time.Since(start), m)
+	}
+}
+
+func TestTCPIdleConnectionClosed(t *testing.T) {
+	up := startUpstream(t)
+	r, err := New(baseConfig(up.Addr), Options{Now: newClock().Now})
+	if err != nil {
+		t.Fatal(err)
+	}
+	r.tcpIdle = 200 * time.Millisecond
+	if err := r.Start(); err != nil {
+		t.Fatal(err)
+	}
+	defer r.Close(context.Background()) //nolint:errcheck
+	_, tcpAddr := r.Addr()
+	c, err := net.Dial("tcp", tcpAddr.String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	c.SetReadDeadline(time.Now().Add(2 * time.Second)) //nolint:errcheck
+	start := time.Now()
+	if _, err := c.Read(make([]byte, 1)); err != io.EOF {
+		t.Fatalf("idle connection: read %v, want EOF from the server", err)
+	}
+	if d := time.Since(start); d < 150*time.Millisecond || d > time.Second {
+		t.Errorf("closed after %v, want ~200ms", d)
 	}
 }
 

@@ -32,7 +32,7 @@ const (
 // of workers, so a burst of slow upstream lookups cannot grow goroutines
 // without bound: when the queue is full, UDP queries are dropped.
 type server struct {
-	udp    []*net.UDPConn
+	udp    []*net.UDPConn // one per core, SO_REUSEPORT
 	tcp    net.Listener
 	jobs   chan job
 	tcpSem chan struct{}
@@ -364,7 +364,7 @@ func (r *Resolver) tcpConn(c net.Conn) {
 	br := bufio.NewReader(c)
 	out := make([]byte, 0, udpReadBuf)
 	for {
-		c.SetReadDeadline(time.Now().Add(tcpIdleTimeout)) //nolint:errcheck
+		c.SetReadDeadline(time.Now().Add(r.tcpIdle)) //nolint:errcheck
 		var lb [2]byte
 		if _, err := io.ReadFull(br, lb[:]); err != nil {
 			break
