@@ -20,12 +20,16 @@ import (
 
 func cmdQueue(args []string) int {
 	if len(args) == 0 {
-		fmt.Fprint(os.Stderr, "usage: mxbox queue list [-config FILE] [--json]\n")
+		fmt.Fprint(os.Stderr, "usage: mxbox queue list [-config FILE] [--json]\n"+
+			"       mxbox queue show|hold|release|delete|bounce [-config FILE] ID\n"+
+			"       mxbox queue flush [-config FILE] [-next-hop NAME] [ID]\n")
 		return 2
 	}
 	switch args[0] {
 	case "list":
 		return queueList(args[1:])
+	case "show", "flush", "hold", "release", "delete", "bounce":
+		return queueOp(args[0], args[1:])
 	}
 	fmt.Fprintf(os.Stderr, "mxbox queue: unknown command %q\n", args[0])
 	return 2
@@ -128,4 +132,66 @@ func fetchPage(c *http.Client, after string, n int) (*daemon.QueuePage, error) {
 // isNoDaemon tells "nobody is listening" from other failures.
 func isNoDaemon(err error) bool {
 	return errors.Is(err, syscall.ENOENT) || errors.Is(err, syscall.ECONNREFUSED)
+}
+
+// queueOp runs one operator command against the daemon's delivery runner
+// (postqueue/postsuper semantics); these need a running daemon.
+func queueOp(op string, args []string) int {
+	fs := flag.NewFlagSet("queue "+op, flag.ContinueOnError)
+	cfgPath := fs.String("config", "", "config file (default: embedded defaults)")
+	hop := fs.String("next-hop", "", "flush: every message for this next hop")
+	if err := fs.Parse(args); err != nil {
+		return 2
+	}
+	id := fs.Arg(0)
+	if id == "" && op != "flush" {
+		fmt.Fprintf(os.Stderr, "usage: mxbox queue %s [-config FILE] ID\n", op)
+		return 2
+	}
+	cfg, err := loadConfig(*cfgPath)
+	if err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		return 1
+	}
+	client := daemon.AdminClient(daemon.AdminSocket(cfg))
+	base := "http://mxbox/v1/queue/messages/" + url.PathEscape(id)
+	var req *http.Request
+	switch op {
+	case "show":
+		req, _ = http.NewRequest(http.MethodGet, base, nil)
+	case "delete":
+		req, _ = http.NewRequest(http.MethodDelete, base, nil)
+	case "flush":
+		q := url.Values{}
+		if id != "" {
+			q.Set("id", id)
+		}
+		if *hop != "" {
+			q.Set("next_hop", *hop)
+		}
+		req, _ = http.NewRequest(http.MethodPost, "http://mxbox/v1/queue/flush?"+q.Encode(), nil)
+	default:
+		req, _ = http.NewRequest(http.MethodPost, base+"/"+op, nil)
+	}
+	resp, err := client.Do(req)
+	if err != nil {
+		if isNoDaemon(err) {
+			fmt.Fprintf(os.Stderr, "mxbox queue %s: no daemon running (%v)\n", op, err)
+		} else {
+			fmt.Fprintf(os.Stderr, "mxbox queue %s: %v\n", op, err)
+		}
+		return 1
+	}
+	defer resp.Body.Close()
+	body, _ := io.ReadAll(resp.Body)
+	if resp.StatusCode != http.StatusOK {
+		fmt.Fprintf(os.Stderr, "mxbox queue %s: %s: %s\n", op, resp.Status, strings.TrimSpace(string(body)))
+		return 1
+	}
+	if op == "show" {
+		os.Stdout.Write(body)
+		return 0
+	}
+	fmt.Printf("%s %s: ok\n", op, strings.TrimSpace(id+" "+*hop))
+	return 0
 }
