@@ -337,7 +337,10 @@ func (r *Resolver) lookupCached(key []byte, now time.Time) *entry {
 	if e == nil || !e.fresh(now) {
 		return nil
 	}
-	if e.kind != kindServFail && e.ttl() >= prefetchMinTTL && e.inLastTenth(now) && !e.prefetched.Swap(true) {
+	// Prefetch once per entry; a failed prefetch may be retried, but not
+	// more often than a stale refresh would be (upstreams may be down).
+	if e.kind != kindServFail && e.ttl() >= prefetchMinTTL && e.inLastTenth(now) &&
+		now.UnixNano()-e.lastFail.Load() >= int64(staleRetry) && !e.prefetched.Swap(true) {
 		r.stats.prefetches.Add(1)
 		r.startFetch(e.key, e.name(), e.qtype, key[len(key)-1] == 1, false)
 	}

@@ -256,7 +256,7 @@ func TestStaleServedWhenUpstreamsDownAndRefreshedWhenBack(t *testing.T) {
 	q := a.Queries() + b.Queries()
 	clk.Advance(10 * time.Second)
 	start = time.Now()
-	if m := ask(t, "udp", addr, "example.test.", dns.TypeMX); !isStale(m) || time.Since(start) > 200*time.Millisecond {
+	if m := ask(t, "udp", addr, "example.test.", dns.TypeMX); !isStale(m) || time.Since(start) > 500*time.Millisecond {
 		t.Errorf("second stale answer: %v after %v", m, time.Since(start))
 	}
 	if a.Queries()+b.Queries() != q {
@@ -306,7 +306,8 @@ func TestStaleAtOnceWhenEveryForwarderInBackoff(t *testing.T) {
 		t.Fatalf("forwarder not in backoff: %+v", r.Stats().Forwarders)
 	}
 	start := time.Now()
-	if m := ask(t, "udp", udpAddr(r), names[3], dns.TypeA); !isStale(m) || time.Since(start) > 100*time.Millisecond {
+	// Waiting for the forwarder would take its try timeout (≥ 1.4 s by now).
+	if m := ask(t, "udp", udpAddr(r), names[3], dns.TypeA); !isStale(m) || time.Since(start) > time.Second {
 		t.Errorf("stale answer with every forwarder in backoff took %v: %v", time.Since(start), m)
 	}
 }
@@ -328,12 +329,12 @@ func TestTCPIdleConnectionClosed(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer c.Close()
-	c.SetReadDeadline(time.Now().Add(2 * time.Second)) //nolint:errcheck
+	c.SetReadDeadline(time.Now().Add(4 * time.Second)) //nolint:errcheck
 	start := time.Now()
 	if _, err := c.Read(make([]byte, 1)); err != io.EOF {
 		t.Fatalf("idle connection: read %v, want EOF from the server", err)
 	}
-	if d := time.Since(start); d < 150*time.Millisecond || d > time.Second {
+	if d := time.Since(start); d < 150*time.Millisecond || d > 3*time.Second {
 		t.Errorf("closed after %v, want ~200ms", d)
 	}
 }
@@ -563,7 +564,7 @@ func TestRateLimitPerClient(t *testing.T) {
 
 	count := func(n int) (ok, tc, dropped int) {
 		for range n {
-			m, err := tryAsk("udp", addr, "example.test.", dns.TypeMX, true, nil, 100*time.Millisecond)
+			m, err := tryAsk("udp", addr, "example.test.", dns.TypeMX, true, nil, 300*time.Millisecond)
 			switch {
 			case err != nil:
 				dropped++
