@@ -71,10 +71,12 @@ func (f *forwarder) failure(now time.Time, timeout time.Duration) {
 	}
 }
 
-// order ranks forwarders: healthy ones by smoothed RTT (the configured order
-// breaks ties, so an unmeasured list is tried in order), then those in
-// backoff, soonest-due first. Every probeEvery-th query swaps the two best
-// so the runner-up's RTT stays measured.
+// order ranks the healthy forwarders by smoothed RTT (the configured order
+// breaks ties, so an unmeasured list is tried in order). Forwarders in
+// backoff are left out until it ends: waiting on a known-dead upstream
+// would only delay the stale answer or the recursion fallback. Every
+// probeEvery-th query swaps the two best so the runner-up's RTT stays
+// measured.
 func (r *Resolver) order(now time.Time) []*forwarder {
 	type ranked struct {
 		f    *forwarder
@@ -107,9 +109,9 @@ func (r *Resolver) order(now time.Time) []*forwarder {
 	if healthy >= 2 && r.fwdCount.Add(1)%probeEvery == 0 {
 		rs[0], rs[1] = rs[1], rs[0]
 	}
-	out := make([]*forwarder, len(rs))
-	for i, x := range rs {
-		out[i] = x.f
+	out := make([]*forwarder, 0, healthy)
+	for _, x := range rs[:healthy] {
+		out = append(out, x.f)
 	}
 	return out
 }
@@ -145,7 +147,7 @@ func (r *Resolver) forward(ctx context.Context, name string, qtype uint16, do bo
 		return m, nil
 	}
 	if len(errs) == 0 {
-		errs = append(errs, "deadline")
+		errs = append(errs, "all in backoff or no time left")
 	}
 	return nil, &TempError{Name: name, Reason: "forwarders failed: " + strings.Join(errs, "; ")}
 }
