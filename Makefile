@@ -44,6 +44,7 @@ bench: deps build
 	@mkdir -p bench-results
 	$(GO) test -run '^$$' -bench . -benchtime 1x ./storage/ | tee bench-results/storage.txt
 	bash test/bench/smtp/run.sh | tee bench-results/smtp.txt
+	bash test/bench/dns/run.sh | tee bench-results/dns.txt
 
 clean:
 	rm -rf bin dist var bench-results
