@@ -8,18 +8,8 @@ import (
 	"net"
 	"net/http"
 	"os"
-	"strconv"
 	"time"
-
-	"github.com/mxbox/mxbox/storage"
 )
-
-// QueuePage is the admin API's answer to GET /v1/queue.
-type QueuePage struct {
-	Messages []*storage.Envelope `json:"messages"`
-	Next     string              `json:"next,omitempty"`
-	Stats    storage.Stats       `json:"stats"`
-}
 
 // startAdmin serves the local admin API on a unix socket in data_dir. The
 // socket is mode 0600: whoever can use it can read and change the queue.
@@ -39,7 +29,7 @@ func (d *Daemon) startAdmin() error {
 		return fmt.Errorf("admin socket %s: %w", path, err)
 	}
 	mux := http.NewServeMux()
-	mux.HandleFunc("GET /v1/queue", d.handleQueueList)
+	d.registerQueueOps(mux)
 	mux.HandleFunc("GET /v1/stats", func(w http.ResponseWriter, r *http.Request) {
 		writeJSON(w, http.StatusOK, d.spool.Stats())
 	})
@@ -55,37 +45,6 @@ func (d *Daemon) startAdmin() error {
 		return err
 	})
 	return nil
-}
-
-func (d *Daemon) handleQueueList(w http.ResponseWriter, r *http.Request) {
-	limit := 100
-	if v := r.URL.Query().Get("limit"); v != "" {
-		n, err := strconv.Atoi(v)
-		if err != nil || n < 1 || n > 10000 {
-			writeJSON(w, http.StatusBadRequest, map[string]string{"error": "limit must be 1..10000"})
-			return
-		}
-		limit = n
-	}
-	page, err := ListQueue(d.spool, r.URL.Query().Get("after"), limit)
-	if err != nil {
-		writeJSON(w, http.StatusInternalServerError, map[string]string{"error": err.Error()})
-		return
-	}
-	writeJSON(w, http.StatusOK, page)
-}
-
-// ListQueue reads one page of the queue; the CLI uses it directly when no
-// daemon is running.
-func ListQueue(s *storage.Spool, after string, limit int) (*QueuePage, error) {
-	envs, next, err := s.List(after, limit)
-	if err != nil {
-		return nil, err
-	}
-	if envs == nil {
-		envs = []*storage.Envelope{}
-	}
-	return &QueuePage{Messages: envs, Next: next, Stats: s.Stats()}, nil
 }
 
 func writeJSON(w http.ResponseWriter, code int, v any) {

@@ -63,7 +63,7 @@ func (r *Runner) List(f Filter, p Page) ([]Message, string, error) {
 		scanned++
 		last = env.ID
 		m := r.message(env)
-		if f.match(m) {
+		if f.Match(m) {
 			out = append(out, m)
 		}
 		return true
@@ -74,7 +74,8 @@ func (r *Runner) List(f Filter, p Page) ([]Message, string, error) {
 	return out, next, nil
 }
 
-func (f Filter) match(m Message) bool {
+// Match reports whether a message passes the filter.
+func (f Filter) Match(m Message) bool {
 	if f.Sender != "" && !strings.Contains(strings.ToLower(m.From), strings.ToLower(f.Sender)) {
 		return false
 	}
@@ -99,6 +100,12 @@ func (r *Runner) message(env *storage.Envelope) Message {
 	r.mu.Lock()
 	active := r.inflight[env.ID]
 	r.mu.Unlock()
+	return MessageOf(env, active)
+}
+
+// MessageOf classifies an envelope for operators; active means a delivery
+// attempt is under way (only a running Runner knows).
+func MessageOf(env *storage.Envelope, active bool) Message {
 	state := "incoming"
 	switch {
 	case env.Held:

@@ -243,13 +243,16 @@ func (r *Runner) settle(env *storage.Envelope, body []byte, results []*result, a
 		if attempted {
 			rc.Attempts++
 		}
+		status := "deferred"
 		switch {
 		case res.ok:
+			status = "sent"
 			rc.State = storage.RcptDelivered
 			rc.LastError = ""
 			r.delivered.Add(1)
 			r.hopCount(env.NextHop, 1, 0, 0)
 		case res.perm:
+			status = "bounced"
 			rc.State = storage.RcptFailed
 			rc.LastError = res.diag
 			r.bounced.Add(1)
@@ -260,6 +263,10 @@ func (r *Runner) settle(env *storage.Envelope, body []byte, results []*result, a
 			r.deferred.Add(1)
 			r.hopCount(env.NextHop, 0, 1, 0)
 		}
+		// One line per recipient and attempt, like Postfix's status= lines:
+		// the trail an operator greps when a customer asks where mail went.
+		r.log.Info("delivery", "id", env.ID, "to", rc.Addr, "hop", env.NextHop, "relay", res.remote,
+			"status", status, "dsn", res.status, "reply", res.diag, "attempts", rc.Attempts)
 	}
 	if lastErr != "" {
 		env.LastError = lastErr

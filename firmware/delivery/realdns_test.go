@@ -105,3 +105,35 @@ func TestRealDNSNullMXAndNXDomainBounceServfailRetries(t *testing.T) {
 		t.Errorf("DSN statuses %v, want %v", status, want)
 	}
 }
+
+// TestNextHopsWithQueuedMailArePinned: while mail waits for a destination,
+// its name is pinned in the resolver (refreshed ahead of expiry, never
+// evicted), so a later DNS outage cannot strand the queue.
+func TestNextHopsWithQueuedMailArePinned(t *testing.T) {
+	res, _ := realResolver(t, testZone)
+	f := mxFixture(t, res, "")
+	f.r.router.mxPort = freePort(t, "127.0.0.2", "127.0.0.3", "127.0.0.4", "127.0.0.5") // nobody listens: mail stays queued
+	f.r.Start()
+	id := f.put("a@example.org", "u@dest.test")
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		env, err := f.spool.Envelope(id)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if env.Attempts > 0 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("no delivery attempt within 10s")
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	f.r.updatePins()
+	if got := fmt.Sprint(f.r.pinned); got != "[dest.test]" {
+		t.Fatalf("pinned %s, want [dest.test]", got)
+	}
+	if n := res.Stats().Pinned; n < 1 {
+		t.Fatalf("resolver reports %d pinned names", n)
+	}
+}

@@ -63,6 +63,8 @@ type Runner struct {
 	mu        sync.Mutex
 	inflight  map[string]bool
 	hops      map[string]*hop
+	pinMu     sync.Mutex
+	pinned    []string // names last handed to the resolver
 	walking   map[string]bool
 	walkAgain map[string]bool
 	active    map[*upstream]bool
@@ -115,7 +117,7 @@ func New(cfg *config.Config, spool *storage.Spool, res Resolver, opts Options) (
 	ctx, cancel := context.WithCancel(context.Background())
 	r := &Runner{
 		cfg: cfg, d: d, spool: spool, router: rt,
-		log: opts.Logger.With("subsystem", "delivery"), now: opts.Now, jitter: opts.Jitter,
+		log: opts.Logger, now: opts.Now, jitter: opts.Jitter,
 		hostname: cfg.Hostname, to: timeoutsFrom(d), batch: opts.BatchSize,
 		pace:   newPacer(d.DrainRate),
 		work:   make(chan job, d.Concurrency),
@@ -393,11 +395,14 @@ func (r *Runner) janitor() {
 	defer r.wg.Done()
 	t := time.NewTicker(time.Second)
 	defer t.Stop()
-	for {
+	for tick := 0; ; tick++ {
 		select {
 		case <-r.ctx.Done():
 			return
 		case <-t.C:
+		}
+		if tick%10 == 0 {
+			r.updatePins()
 		}
 		now := time.Now()
 		var expired []*upstream

@@ -15,6 +15,7 @@ import (
 	"time"
 
 	"github.com/mxbox/mxbox/firmware/daemon"
+	"github.com/mxbox/mxbox/firmware/delivery"
 	"github.com/mxbox/mxbox/storage"
 )
 
@@ -40,6 +41,11 @@ func queueList(args []string) int {
 	cfgPath := fs.String("config", "", "config file (default: embedded defaults)")
 	asJSON := fs.Bool("json", false, "print JSON")
 	limit := fs.Int("limit", 0, "list at most this many messages (0 = all)")
+	var f delivery.Filter
+	fs.StringVar(&f.Sender, "sender", "", "only senders containing this")
+	fs.StringVar(&f.Recipient, "recipient", "", "only messages with a recipient containing this")
+	fs.StringVar(&f.NextHop, "next-hop", "", "only messages for this next hop")
+	fs.StringVar(&f.State, "state", "", "only this state: incoming, active, deferred, held")
 	if err := fs.Parse(args); err != nil {
 		return 2
 	}
@@ -48,10 +54,15 @@ func queueList(args []string) int {
 		fmt.Fprintln(os.Stderr, err)
 		return 1
 	}
-	var fetch func(after string, n int) (*daemon.QueuePage, error)
+	var msgs []delivery.Message
+	var stats storage.Stats
 	client := daemon.AdminClient(daemon.AdminSocket(cfg))
-	if _, err := client.Get("http://mxbox/v1/stats"); err == nil {
-		fetch = func(after string, n int) (*daemon.QueuePage, error) { return fetchPage(client, after, n) }
+	if err := getJSON(client, "http://mxbox/v1/stats", &stats); err == nil {
+		msgs, err = listOnline(client, f, *limit)
+		if err != nil {
+			fmt.Fprintf(os.Stderr, "mxbox queue list: %v\n", err)
+			return 1
+		}
 	} else if isNoDaemon(err) {
 		// No daemon: read the spool directly. Opening it takes Badger's
 		// directory lock, so this fails cleanly if a daemon holds it after all.
@@ -61,72 +72,89 @@ func queueList(args []string) int {
 			return 1
 		}
 		defer s.Close()
-		fetch = func(after string, n int) (*daemon.QueuePage, error) { return daemon.ListQueue(s, after, n) }
-	} else {
-		fmt.Fprintf(os.Stderr, "mxbox queue list: %v\n", err)
-		return 1
-	}
-	var all []*storage.Envelope
-	var stats storage.Stats
-	after := ""
-	for {
-		n := 1000
-		if *limit > 0 {
-			n = min(n, *limit-len(all))
-		}
-		page, err := fetch(after, n)
+		err = s.Walk("", func(env *storage.Envelope) bool {
+			if m := delivery.MessageOf(env, false); f.Match(m) {
+				msgs = append(msgs, m)
+			}
+			return *limit == 0 || len(msgs) < *limit
+		})
 		if err != nil {
 			fmt.Fprintf(os.Stderr, "mxbox queue list: %v\n", err)
 			return 1
 		}
-		all, stats = append(all, page.Messages...), page.Stats
-		if page.Next == "" || (*limit > 0 && len(all) >= *limit) {
-			break
-		}
-		after = page.Next
+		stats = s.Stats()
+	} else {
+		fmt.Fprintf(os.Stderr, "mxbox queue list: %v\n", err)
+		return 1
+	}
+	if msgs == nil {
+		msgs = []delivery.Message{}
 	}
 	if *asJSON {
 		enc := json.NewEncoder(os.Stdout)
 		enc.SetIndent("", "  ")
-		if err := enc.Encode(map[string]any{"messages": all, "stats": stats}); err != nil {
+		if err := enc.Encode(map[string]any{"messages": msgs, "stats": stats}); err != nil {
 			return 1
 		}
 		return 0
 	}
 	w := tabwriter.NewWriter(os.Stdout, 0, 4, 2, ' ', 0)
-	fmt.Fprintln(w, "ID\tSIZE\tARRIVED\tSENDER\tRECIPIENTS\tSTATE\tNEXT ATTEMPT")
-	for _, e := range all {
+	fmt.Fprintln(w, "ID\tSIZE\tARRIVED\tSENDER\tRECIPIENTS\tSTATE\tNEXT ATTEMPT\tLAST ERROR")
+	for _, m := range msgs {
 		var rcpts []string
-		for _, r := range e.Recipients {
+		for _, r := range m.Recipients {
 			rcpts = append(rcpts, r.Addr+"("+r.State.String()+")")
 		}
-		state, next := "queued", e.NextAttempt.Format(time.RFC3339)
-		if e.Held {
-			state, next = "held", "-"
+		next := m.NextAttempt.Format(time.RFC3339)
+		if m.Held {
+			next = "-"
 		}
-		from := e.From
+		from := m.From
 		if from == "" {
 			from = "<>"
 		}
-		fmt.Fprintf(w, "%s\t%d\t%s\t%s\t%s\t%s\t%s\n", e.ID, e.Size, e.Received.Format(time.RFC3339), from, strings.Join(rcpts, ","), state, next)
+		fmt.Fprintf(w, "%s\t%d\t%s\t%s\t%s\t%s\t%s\t%s\n", m.ID, m.Size, m.Received.Format(time.RFC3339), from, strings.Join(rcpts, ","), m.State, next, m.LastError)
 	}
 	w.Flush()
-	fmt.Printf("-- %d messages, %d bytes, %d held\n", stats.Messages, stats.Bytes, stats.Held)
+	fmt.Printf("-- %d listed; queue: %d messages, %d bytes, %d held\n", len(msgs), stats.Messages, stats.Bytes, stats.Held)
 	return 0
 }
 
-func fetchPage(c *http.Client, after string, n int) (*daemon.QueuePage, error) {
-	resp, err := c.Get("http://mxbox/v1/queue?limit=" + fmt.Sprint(n) + "&after=" + url.QueryEscape(after))
+// listOnline pages through the daemon's filtered list.
+func listOnline(c *http.Client, f delivery.Filter, limit int) ([]delivery.Message, error) {
+	var out []delivery.Message
+	after := ""
+	for {
+		q := url.Values{"sender": {f.Sender}, "recipient": {f.Recipient}, "next_hop": {f.NextHop}, "state": {f.State}, "after": {after}, "limit": {"1000"}}
+		var page struct {
+			Messages []delivery.Message `json:"messages"`
+			Next     string             `json:"next"`
+		}
+		if err := getJSON(c, "http://mxbox/v1/queue/messages?"+q.Encode(), &page); err != nil {
+			return nil, err
+		}
+		out = append(out, page.Messages...)
+		if limit > 0 && len(out) >= limit {
+			return out[:limit], nil
+		}
+		if page.Next == "" {
+			return out, nil
+		}
+		after = page.Next
+	}
+}
+
+func getJSON(c *http.Client, u string, v any) error {
+	resp, err := c.Get(u)
 	if err != nil {
-		return nil, err
+		return err
 	}
 	defer resp.Body.Close()
 	if resp.StatusCode != http.StatusOK {
 		b, _ := io.ReadAll(resp.Body)
-		return nil, fmt.Errorf("admin API: %s: %s", resp.Status, strings.TrimSpace(string(b)))
+		return fmt.Errorf("admin API: %s: %s", resp.Status, strings.TrimSpace(string(b)))
 	}
-	page := &daemon.QueuePage{}
-	return page, json.NewDecoder(resp.Body).Decode(page)
+	return json.NewDecoder(resp.Body).Decode(v)
 }
 
 // isNoDaemon tells "nobody is listening" from other failures.
