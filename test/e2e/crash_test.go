@@ -176,8 +176,9 @@ func TestSIGTERMFinishesTransactionInFlight(t *testing.T) {
 	}
 }
 
-// TestQueueListCLI: `mxbox queue list --json` works through the admin socket
-// while the daemon runs and from the spool after it stopped.
+// TestQueueListCLI: `mxbox queue` hold/release/show/delete work through the
+// admin socket, and `queue list --json` works while the daemon runs and from
+// the spool after it stopped.
 func TestQueueListCLI(t *testing.T) {
 	dir := t.TempDir()
 	d := harness.Start(t, dir, harness.Config(dir, "", "", ""))
@@ -185,6 +186,21 @@ func TestQueueListCLI(t *testing.T) {
 	id, ok := harness.QueuedID(rep)
 	if err != nil || !ok {
 		t.Fatalf("send: %q %v", rep, err)
+	}
+	// Operator tools through the admin socket (postsuper -h / -H / -d).
+	runCLI(t, "queue", "hold", "-config", d.ConfigPath, id)
+	if out := runCLI(t, "queue", "list", "-config", d.ConfigPath, "-state", "held"); !strings.Contains(out, id) {
+		t.Fatalf("held message not listed as held:\n%s", out)
+	}
+	runCLI(t, "queue", "release", "-config", d.ConfigPath, id)
+	if out := runCLI(t, "queue", "show", "-config", d.ConfigPath, id); !strings.Contains(out, `"c@example.com"`) || strings.Contains(out, `"held":true`) {
+		t.Fatalf("show after release:\n%s", out)
+	}
+	rep, _ = harness.SendMail(d.Addrs["smtp"], "x@example.org", []string{"y@example.com"}, []byte("Subject: y\r\n\r\nbye\r\n"))
+	doomed, _ := harness.QueuedID(rep)
+	runCLI(t, "queue", "delete", "-config", d.ConfigPath, doomed)
+	if out := runCLI(t, "queue", "list", "-config", d.ConfigPath); strings.Contains(out, doomed) {
+		t.Fatalf("deleted message still listed:\n%s", out)
 	}
 	for _, phase := range []string{"running", "stopped"} {
 		out := runCLI(t, "queue", "list", "-config", d.ConfigPath, "--json")
