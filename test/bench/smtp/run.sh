@@ -53,6 +53,7 @@ cleanup() {
 	local rc=$?
 	set +e
 	[ -n "$SAMPLER" ] && kill "$SAMPLER" 2>/dev/null
+	[ -n "$LOADPID" ] && kill "$LOADPID" 2>/dev/null && wait "$LOADPID" 2>/dev/null
 	if [ -n "$MXPID" ] && kill -0 "$MXPID" 2>/dev/null; then
 		kill -TERM "$MXPID"
 		for _ in $(seq 50); do kill -0 "$MXPID" 2>/dev/null || break; sleep 0.2; done
@@ -155,19 +156,23 @@ settle_disk() { sync -f "$MNT" 2>/dev/null || sync; sleep 1; }
 io_write_bytes() { awk '/^write_bytes:/ {print $2}' "/proc/$1/io" 2>/dev/null || echo 0; }
 
 # ---------------------------------------------------------------- load
-# run_load NAME PORT: runs smtp-source, prints elapsed seconds.
+# run_load NAME PORT: runs smtp-source, sets LOAD_SECS to its wall time. It
+# runs in the background so that INT/TERM reach the trap at once (bash defers
+# traps until a foreground child exits).
+LOADPID=
 run_load() {
 	local name=$1 port=$2 t0 t1 rc
 	t0=$(date +%s.%N)
-	set +e
 	timeout 900 /usr/sbin/smtp-source -d -s "$SESSIONS" -m "$MSGS" -l "$MSG_BYTES" \
 		-M bench.example -f sender@bench.example -t rcpt@relay.example \
-		"127.0.0.1:$port" >"$WORK/smtp-source.$name.out" 2>"$WORK/smtp-source.$name.err"
-	rc=$?
-	set -e
+		"127.0.0.1:$port" >"$WORK/smtp-source.$name.out" 2>"$WORK/smtp-source.$name.err" &
+	LOADPID=$!
+	rc=0
+	wait "$LOADPID" || rc=$?
+	LOADPID=
 	t1=$(date +%s.%N)
 	[ $rc -eq 0 ] || die "smtp-source against $name exited $rc: $(tail -n 3 "$WORK/smtp-source.$name.err")"
-	awk -v a="$t0" -v b="$t1" 'BEGIN {printf "%.3f", b - a}'
+	LOAD_SECS=$(awk -v a="$t0" -v b="$t1" 'BEGIN {printf "%.3f", b - a}')
 }
 
 DEAD_PORT=$(pick_port)   # the unreachable smarthost / relayhost
@@ -233,7 +238,8 @@ mx_io0=$(io_write_bytes "$MXPID")
 ) &
 SAMPLER=$!
 log "mxbox: sending $MSGS x $MSG_BYTES B over $SESSIONS sessions"
-mx_secs=$(run_load mxbox "$MX_PORT")
+run_load mxbox "$MX_PORT"
+mx_secs=$LOAD_SECS
 mx_io1=$(io_write_bytes "$MXPID")
 settle_disk
 mx_dev1=$(sectors_written "$STAT")
@@ -357,7 +363,8 @@ pf_dev0=$(sectors_written "$STAT")
 pf_io0=$(pf_io)
 pf_log0=$(pf_postlogd_io)
 log "Postfix: sending $MSGS x $MSG_BYTES B over $SESSIONS sessions"
-pf_secs=$(run_load postfix "$PF_PORT")
+run_load postfix "$PF_PORT"
+pf_secs=$LOAD_SECS
 pf_io1=$(pf_io)
 pf_log1=$(pf_postlogd_io)
 settle_disk
