@@ -52,6 +52,7 @@ type SMTP struct {
 	RelayNetworks    []string `toml:"relay_networks"`
 	AcceptedDomains  []string `toml:"accepted_domains"`
 	MaxMessageBytes  Size     `toml:"max_message_bytes"`
+	DataMemory       Size     `toml:"data_memory"`
 	MaxRecipients    int      `toml:"max_recipients"`
 	MaxLineLength    int      `toml:"max_line_length"`
 	MaxReceived      int      `toml:"max_received_headers"`
@@ -302,6 +303,9 @@ func (cfg *Config) validate() []fieldError {
 	}
 	if s.MaxMessageBytes < 1024 {
 		c.add("smtp.max_message_bytes", "must be at least 1KiB")
+	}
+	if s.DataMemory < s.MaxMessageBytes+4096 {
+		c.add("smtp.data_memory", "must be larger than max_message_bytes (a whole message is held in RAM until it is on flash)")
 	}
 	if s.MaxRecipients < 1 {
 		c.add("smtp.max_recipients", "must be at least 1")

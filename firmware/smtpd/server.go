@@ -57,6 +57,7 @@ type Server struct {
 	tlsConf  *tls.Config
 	relayNet []netip.Prefix
 	reserve  int64
+	mem      *memBudget
 
 	mu        sync.Mutex
 	servers   []*smtp.Server
@@ -90,6 +91,7 @@ func New(cfg *config.Config, spool Spool, opts Options) (*Server, error) {
 		relayNet: cfg.SMTP.RelayPrefixes(),
 		reserve:  cfg.SMTP.EffectiveSpoolReserve() + opts.Headroom,
 		perIP:    map[netip.Addr]int{},
+		mem:      newMemBudget(int64(cfg.SMTP.DataMemory)),
 	}
 	var err error
 	s.tlsConf, err = loadTLS(cfg.SMTP.TLSCert, cfg.SMTP.TLSKey, opts.TLSDir, cfg.Hostname)

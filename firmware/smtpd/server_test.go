@@ -10,6 +10,7 @@ import (
 	"log/slog"
 	"strings"
 	"testing"
+	"time"
 
 	"golang.org/x/crypto/bcrypt"
 
@@ -447,4 +448,34 @@ func TestOverlongLineRefused(t *testing.T) {
 	c := dial(t, ts.relay)
 	expect(t, c, "EHLO c.test", "250")
 	expect(t, c, "MAIL FROM:<"+strings.Repeat("a", 5000)+"@example.org>", "500 5.4.0")
+}
+
+// TestBodyMemoryBudgetIsTemporaryFailure: while one session's body fills the
+// RAM budget, another gets 451 4.3.0 (retry later) instead of growing memory
+// without bound; once the first is on flash, mail flows again.
+func TestBodyMemoryBudgetIsTemporaryFailure(t *testing.T) {
+	ts := start(t, `max_message_bytes = "100k"
+data_memory = "160k"
+data_timeout = "1s"`)
+	a := dial(t, ts.relay)
+	for _, cmd := range []string{"EHLO a.test", "MAIL FROM:<a@example.org>", "RCPT TO:<b@example.com>"} {
+		expect(t, a, cmd, "250")
+	}
+	expect(t, a, "DATA", "354")
+	line := strings.Repeat("x", 78) + "\r\n"
+	a.Send("Subject: big\r\n\r\n" + strings.Repeat(line, 90<<10/len(line)))
+	time.Sleep(200 * time.Millisecond) // let the server take the budget for what it read
+
+	rep, _ := harness.SendMail(ts.relay, "c@example.org", []string{"d@example.com"}, []byte("Subject: small\r\n\r\nx\r\n"))
+	if !strings.HasPrefix(rep, "451 4.3.0") {
+		t.Fatalf("second body while the budget is used up: %q, want 451 4.3.0", rep)
+	}
+	a.Send(".\r\n")
+	if rep, _ := a.Reply(); !strings.HasPrefix(rep, "250 2.0.0 Ok: queued") {
+		t.Fatalf("first message: %q", rep)
+	}
+	rep, _ = harness.SendMail(ts.relay, "c@example.org", []string{"d@example.com"}, []byte("Subject: small\r\n\r\nx\r\n"))
+	if !strings.HasPrefix(rep, "250 2.0.0 Ok: queued") {
+		t.Fatalf("after the budget was released: %q", rep)
+	}
 }

@@ -30,6 +30,7 @@ var (
 	errBadSender    = &smtp.SMTPError{Code: 553, EnhancedCode: smtp.EnhancedCode{5, 1, 7}, Message: "Bad sender address syntax"}
 	errBadRcpt      = &smtp.SMTPError{Code: 501, EnhancedCode: smtp.EnhancedCode{5, 1, 3}, Message: "Bad recipient address syntax"}
 	errNeedUTF8     = &smtp.SMTPError{Code: 553, EnhancedCode: smtp.EnhancedCode{5, 6, 7}, Message: "Non-ASCII address requires SMTPUTF8"}
+	errResources    = &smtp.SMTPError{Code: 451, EnhancedCode: smtp.EnhancedCode{4, 3, 0}, Message: "Insufficient system resources, try again later"}
 	errTimeout      = &smtp.SMTPError{Code: 451, EnhancedCode: smtp.EnhancedCode{4, 4, 2}, Message: "Timeout or connection error while receiving the message"}
 )
 
@@ -174,18 +175,34 @@ func (s *session) Data(r io.Reader) error {
 	cfg := &s.srv.cfg.SMTP
 	// go-smtp's read deadline covers one command line; a body may take longer.
 	_ = s.conn.Conn().SetReadDeadline(time.Now().Add(cfg.DataTimeout.D()))
-	var buf bytes.Buffer
+	bb := &bodyBuffer{budget: s.srv.mem, deadline: time.Now().Add(min(cfg.DataTimeout.D(), time.Minute))}
+	defer bb.free()
+	initial := headRoom + 64<<10
 	if s.mail.Size > 0 && s.mail.Size <= int64(cfg.MaxMessageBytes) {
-		buf.Grow(int(s.mail.Size) + 1024)
+		initial = headRoom + int(s.mail.Size) + 1024 // SIZE= is a hint; allow a little slack
 	}
-	if _, err := buf.ReadFrom(r); err != nil {
-		var se *smtp.SMTPError
-		if errors.As(err, &se) {
-			return se // size limit (552) from go-smtp
+	if !bb.grow(initial) {
+		return errResources
+	}
+	bb.buf = bb.buf[:headRoom]
+	for {
+		if len(bb.buf) == cap(bb.buf) && !bb.grow(cap(bb.buf)+1) {
+			return errResources
 		}
-		return errTimeout
+		n, err := r.Read(bb.buf[len(bb.buf):cap(bb.buf)])
+		bb.buf = bb.buf[:len(bb.buf)+n]
+		if err == io.EOF {
+			break
+		}
+		if err != nil {
+			var se *smtp.SMTPError
+			if errors.As(err, &se) {
+				return se // size limit (552) from go-smtp
+			}
+			return errTimeout
+		}
 	}
-	msg := buf.Bytes()
+	msg := bb.buf[headRoom:]
 	hdr := scanHeader(msg[:headerEnd(msg)])
 	if hdr.received >= cfg.MaxReceived {
 		s.srv.log.Warn("mail loop", "client", s.ip.String(), "from", s.from, "received", hdr.received)
@@ -208,8 +225,7 @@ func (s *session) Data(r io.Reader) error {
 			fmt.Fprintf(&prefix, "Date: %s\r\n", now.Format(time.RFC1123Z))
 		}
 	}
-	body := make([]byte, 0, prefix.Len()+len(msg))
-	body = append(append(body, prefix.Bytes()...), msg...)
+	body := bb.prepend(prefix.Bytes())
 	if err := s.srv.checkSpace(int64(len(body))); err != nil {
 		return err
 	}
