@@ -456,7 +456,7 @@ func TestOverlongLineRefused(t *testing.T) {
 func TestBodyMemoryBudgetIsTemporaryFailure(t *testing.T) {
 	ts := start(t, `max_message_bytes = "100k"
 data_memory = "160k"
-data_timeout = "1s"`)
+data_timeout = "3s"`)
 	a := dial(t, ts.relay)
 	for _, cmd := range []string{"EHLO a.test", "MAIL FROM:<a@example.org>", "RCPT TO:<b@example.com>"} {
 		expect(t, a, cmd, "250")

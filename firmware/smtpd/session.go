@@ -175,7 +175,9 @@ func (s *session) Data(r io.Reader) error {
 	cfg := &s.srv.cfg.SMTP
 	// go-smtp's read deadline covers one command line; a body may take longer.
 	_ = s.conn.Conn().SetReadDeadline(time.Now().Add(cfg.DataTimeout.D()))
-	bb := &bodyBuffer{budget: s.srv.mem, deadline: time.Now().Add(min(cfg.DataTimeout.D(), time.Minute))}
+	// Waiting for RAM is bounded well inside the data timeout, so the
+	// client hears a clean 451 rather than a dropped connection.
+	bb := &bodyBuffer{budget: s.srv.mem, deadline: time.Now().Add(min(cfg.DataTimeout.D()/2, 30*time.Second))}
 	defer bb.free()
 	initial := headRoom + 64<<10
 	if s.mail.Size > 0 && s.mail.Size <= int64(cfg.MaxMessageBytes) {
