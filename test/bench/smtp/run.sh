@@ -42,6 +42,7 @@ MNT=$WORK/mnt
 LOOPDEV=
 MXPID=
 SAMPLER=
+LOADPID=
 PFCONF=$WORK/postfix-conf
 PF_STARTED=
 PF_MASTER=
@@ -62,9 +63,11 @@ cleanup() {
 	if [ -n "$PF_STARTED" ]; then
 		/usr/sbin/postfix -c "$PFCONF" stop >/dev/null 2>&1
 		for _ in $(seq 50); do [ -n "$PF_MASTER" ] && kill -0 "$PF_MASTER" 2>/dev/null || break; sleep 0.2; done
-		[ -n "$PF_MASTER" ] && kill -KILL "$PF_MASTER" 2>/dev/null
-		# Children of our master only (never the system instance's).
-		[ -n "$PF_MASTER" ] && pkill -KILL -P "$PF_MASTER" 2>/dev/null
+		if [ -n "$PF_MASTER" ] && kill -0 "$PF_MASTER" 2>/dev/null; then
+			# Children of our master only (never the system instance's), then it.
+			pkill -KILL -P "$PF_MASTER" 2>/dev/null
+			kill -KILL "$PF_MASTER" 2>/dev/null
+		fi
 	fi
 	if [ $rc -ne 0 ]; then
 		for f in "$WORK"/mxbox.log "$WORK"/postfix.log "$WORK"/smtp-source.*.err; do
@@ -159,7 +162,6 @@ io_write_bytes() { awk '/^write_bytes:/ {print $2}' "/proc/$1/io" 2>/dev/null ||
 # run_load NAME PORT: runs smtp-source, sets LOAD_SECS to its wall time. It
 # runs in the background so that INT/TERM reach the trap at once (bash defers
 # traps until a foreground child exits).
-LOADPID=
 run_load() {
 	local name=$1 port=$2 t0 t1 rc
 	t0=$(date +%s.%N)
