@@ -72,6 +72,23 @@ type Spool struct {
 	stop   chan struct{}
 	wg     sync.WaitGroup
 	closed atomic.Bool
+
+	// Writes go through one committer (see commit.go).
+	ops           chan *commitOp
+	commitMu      sync.RWMutex
+	commitClosed  bool
+	stopCommit    chan struct{}
+	committerDone chan struct{}
+
+	// schedMu guards schedLow, a lower bound of the live schedule keys, and
+	// schedGen, bumped by every schedule-key write. Due and NextDue seek
+	// from schedLow instead of the index's start: delivered and rescheduled
+	// messages leave tombstones at the head of the index, and walking them
+	// on every scan made each scan cost O(messages handled since the last
+	// compaction).
+	schedMu  sync.Mutex
+	schedLow []byte
+	schedGen uint64
 }
 
 // badgerOptions are chosen for an ARM board with 256 MB of RAM and the spool
@@ -148,11 +165,14 @@ func Open(dir string, o Options) (*Spool, error) {
 	if err != nil {
 		return nil, fmt.Errorf("open spool %s: %w", dir, err)
 	}
-	s := &Spool{db: db, dir: dir, log: o.Logger, now: o.Now, ids: newIDGen(), stop: make(chan struct{})}
+	s := &Spool{db: db, dir: dir, log: o.Logger, now: o.Now, ids: newIDGen(), stop: make(chan struct{}),
+		ops: make(chan *commitOp, maxGroupOps), stopCommit: make(chan struct{}), committerDone: make(chan struct{}),
+		schedLow: []byte{prefixSchedule}}
 	if err := s.recount(); err != nil {
 		db.Close()
 		return nil, err
 	}
+	go s.committer()
 	if !o.ReadOnly {
 		s.wg.Add(1)
 		go s.gcLoop(o.GCInterval)
@@ -167,6 +187,11 @@ func (s *Spool) Close() error {
 	}
 	close(s.stop)
 	s.wg.Wait()
+	s.commitMu.Lock()
+	s.commitClosed = true
+	s.commitMu.Unlock()
+	close(s.stopCommit)
+	<-s.committerDone
 	return s.db.Close()
 }
 
@@ -226,14 +251,18 @@ func (s *Spool) Put(env *Envelope, body []byte) (string, error) {
 		if env.ID == "" || attempt > 0 {
 			env.ID = s.ids.next(now)
 		}
-		err := s.db.Update(func(txn *badger.Txn) error {
+		var sched []byte
+		if !env.Held {
+			sched = schedKey(env.NextAttempt, env.ID)
+		}
+		enc, err := json.Marshal(env)
+		if err != nil {
+			return "", fmt.Errorf("spool put: %w", err)
+		}
+		err = s.write(func(txn *badger.Txn) error {
 			if _, err := txn.Get(envKey(env.ID)); err == nil {
 				return errIDTaken
 			} else if !errors.Is(err, badger.ErrKeyNotFound) {
-				return err
-			}
-			enc, err := json.Marshal(env)
-			if err != nil {
 				return err
 			}
 			if err := txn.Set(envKey(env.ID), enc); err != nil {
@@ -245,11 +274,11 @@ func (s *Spool) Put(env *Envelope, body []byte) (string, error) {
 					return err
 				}
 			}
-			if env.Held {
+			if sched == nil {
 				return nil
 			}
-			return txn.Set(schedKey(env.NextAttempt, env.ID), nil)
-		})
+			return txn.Set(sched, nil)
+		}, func() { s.lowerSched(sched) })
 		if errors.Is(err, errIDTaken) && attempt < 5 {
 			continue
 		}
@@ -331,10 +360,13 @@ type Due struct {
 func (s *Spool) Due(now time.Time, limit int) ([]Due, error) {
 	var out []Due
 	end := schedKey(now, "")
+	low, gen := s.schedStart()
 	err := s.db.View(func(txn *badger.Txn) error {
 		it := txn.NewIterator(badger.IteratorOptions{Prefix: []byte{prefixSchedule}})
 		defer it.Close()
-		for it.Seek([]byte{prefixSchedule}); it.Valid() && len(out) < limit; it.Next() {
+		it.Seek(low)
+		s.raiseSched(it, gen)
+		for ; it.Valid() && len(out) < limit; it.Next() {
 			k := it.Item().Key()
 			if bytes.Compare(k[:9], end[:9]) > 0 {
 				break
@@ -350,10 +382,12 @@ func (s *Spool) Due(now time.Time, limit int) ([]Due, error) {
 func (s *Spool) NextDue() (time.Time, bool, error) {
 	var t time.Time
 	var ok bool
+	low, gen := s.schedStart()
 	err := s.db.View(func(txn *badger.Txn) error {
 		it := txn.NewIterator(badger.IteratorOptions{Prefix: []byte{prefixSchedule}})
 		defer it.Close()
-		it.Seek([]byte{prefixSchedule})
+		it.Seek(low)
+		s.raiseSched(it, gen)
 		if it.Valid() {
 			k := it.Item().Key()
 			t, ok = time.Unix(0, int64(binary.BigEndian.Uint64(k[1:9]))), true
@@ -363,15 +397,52 @@ func (s *Spool) NextDue() (time.Time, bool, error) {
 	return t, ok, err
 }
 
+// schedStart returns where a schedule scan may start and the generation
+// to pass to raiseSched. Read it before opening the scan's transaction.
+func (s *Spool) schedStart() ([]byte, uint64) {
+	s.schedMu.Lock()
+	defer s.schedMu.Unlock()
+	return s.schedLow, s.schedGen
+}
+
+// raiseSched moves the bound up to the first live key a scan found (or past
+// the index when there is none), unless a schedule key was written since
+// the scan read the bound: that key may be below what the scan saw.
+func (s *Spool) raiseSched(it *badger.Iterator, gen uint64) {
+	first := []byte{prefixSchedule + 1}
+	if it.Valid() {
+		first = it.Item().KeyCopy(nil)
+	}
+	s.schedMu.Lock()
+	if s.schedGen == gen && bytes.Compare(first, s.schedLow) > 0 {
+		s.schedLow = first
+	}
+	s.schedMu.Unlock()
+}
+
+// lowerSched records a committed schedule key (nil: none written).
+func (s *Spool) lowerSched(k []byte) {
+	if k == nil {
+		return
+	}
+	s.schedMu.Lock()
+	s.schedGen++
+	if bytes.Compare(k, s.schedLow) < 0 {
+		s.schedLow = k
+	}
+	s.schedMu.Unlock()
+}
+
 // Update changes a message's envelope in one transaction: fn edits it (per
 // recipient results, NextAttempt, Held, ...), and the schedule index follows
 // NextAttempt and Held. fn may be called more than once on a conflict.
 func (s *Spool) Update(id string, fn func(env *Envelope) error) (*Envelope, error) {
 	var out *Envelope
 	var heldDelta int64
+	var sched []byte
 	for attempt := 0; ; attempt++ {
-		heldDelta = 0
-		err := s.db.Update(func(txn *badger.Txn) error {
+		err := s.write(func(txn *badger.Txn) error {
+			heldDelta, sched, out = 0, nil, nil
 			env, err := getEnvelope(txn, id)
 			if err != nil {
 				return err
@@ -395,7 +466,8 @@ func (s *Spool) Update(id string, fn func(env *Envelope) error) (*Envelope, erro
 					}
 				}
 				if !env.Held {
-					if err := txn.Set(schedKey(env.NextAttempt, id), nil); err != nil {
+					sched = schedKey(env.NextAttempt, id)
+					if err := txn.Set(sched, nil); err != nil {
 						return err
 					}
 				}
@@ -408,7 +480,7 @@ func (s *Spool) Update(id string, fn func(env *Envelope) error) (*Envelope, erro
 			}
 			out = env
 			return nil
-		})
+		}, func() { s.lowerSched(sched) })
 		if errors.Is(err, badger.ErrConflict) && attempt < 10 {
 			continue
 		}
@@ -424,7 +496,7 @@ func (s *Spool) Update(id string, fn func(env *Envelope) error) (*Envelope, erro
 func (s *Spool) Delete(id string) error {
 	for attempt := 0; ; attempt++ {
 		var env *Envelope
-		err := s.db.Update(func(txn *badger.Txn) error {
+		err := s.write(func(txn *badger.Txn) error {
 			var err error
 			if env, err = getEnvelope(txn, id); err != nil {
 				return err
@@ -441,7 +513,7 @@ func (s *Spool) Delete(id string) error {
 				return txn.Delete(schedKey(env.NextAttempt, id))
 			}
 			return nil
-		})
+		}, nil)
 		if errors.Is(err, badger.ErrConflict) && attempt < 10 {
 			continue
 		}
@@ -577,9 +649,9 @@ func (s *Spool) LoadBlob(name string) ([]byte, error) {
 
 // SaveBlob stores a named blob durably.
 func (s *Spool) SaveBlob(name string, data []byte) error {
-	err := s.db.Update(func(txn *badger.Txn) error {
+	err := s.write(func(txn *badger.Txn) error {
 		return txn.Set(append([]byte{prefixBlob}, name...), data)
-	})
+	}, nil)
 	if err != nil {
 		return fmt.Errorf("save blob %s: %w", name, err)
 	}

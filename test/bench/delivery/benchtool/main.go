@@ -3,6 +3,11 @@
 // SMTP server would) so a drain can be timed without the SMTP side.
 //
 //	benchtool fill -dir DATA_DIR/spool -n 20000 -size 4096 -workers 64
+//	benchtool serve -config mx.toml -cpuprofile cpu.out -memprofile heap.out
+//
+// serve runs the same daemon as `mxbox serve` with profiling: a CPU profile
+// from start to SIGTERM and a heap profile at SIGTERM. It exists so the
+// shipped binary needs no profiling flags or debug listeners.
 package main
 
 import (
@@ -19,8 +24,11 @@ import (
 )
 
 func main() {
+	if len(os.Args) >= 2 && os.Args[1] == "serve" {
+		os.Exit(serve(os.Args[2:]))
+	}
 	if len(os.Args) < 2 || os.Args[1] != "fill" {
-		fmt.Fprintln(os.Stderr, "usage: benchtool fill -dir SPOOL -n N [-size BYTES] [-workers W]")
+		fmt.Fprintln(os.Stderr, "usage: benchtool fill -dir SPOOL -n N [-size BYTES] [-workers W] [-nosync]\n       benchtool serve -config FILE [-cpuprofile F] [-memprofile F]")
 		os.Exit(2)
 	}
 	fs := flag.NewFlagSet("fill", flag.ExitOnError)
@@ -28,12 +36,13 @@ func main() {
 	n := fs.Int("n", 20000, "messages")
 	size := fs.Int("size", 4096, "body bytes")
 	workers := fs.Int("workers", 64, "concurrent writers (Badger group-commits them)")
+	noSync := fs.Bool("nosync", false, "skip per-commit fsync (a faster fill; Close still syncs)")
 	fs.Parse(os.Args[2:])
 	if *dir == "" {
 		fs.Usage()
 		os.Exit(2)
 	}
-	sp, err := storage.Open(*dir, storage.Options{Logger: slog.New(slog.DiscardHandler), GCInterval: time.Hour})
+	sp, err := storage.Open(*dir, storage.Options{Logger: slog.New(slog.DiscardHandler), GCInterval: time.Hour, NoSync: *noSync})
 	if err != nil {
 		fmt.Fprintln(os.Stderr, err)
 		os.Exit(1)
