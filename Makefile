@@ -1,6 +1,8 @@
 # mxbox — see README.md. Every target installs what it needs (Go modules via
-# the module proxy; Debian packages via scripts/deps.sh when run as root).
+# the module proxy; Debian packages via .ci/deps.sh when run as root).
 SHELL   := /bin/bash
+# pipefail: `bench | tee` must still fail when the benchmark does.
+.SHELLFLAGS := -eo pipefail -c
 GO      ?= go
 VERSION ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
 LDFLAGS := -s -w -X main.version=$(VERSION)

@@ -76,6 +76,12 @@ func BinaryFor(t testing.TB, goarch, goarm string) string {
 // extra is appended verbatim (later tables override nothing: pass whole
 // sections you need instead of the defaults below via Sections).
 func Config(dataDir string, smtpExtra, deliveryExtra, dnsExtra string) string {
+	if !strings.Contains(dnsExtra, "listen =") {
+		dnsExtra = "listen = \"\"\n" + dnsExtra // resolver off unless the test wants it
+	}
+	if !strings.Contains(deliveryExtra, "smarthosts =") {
+		deliveryExtra = "smarthosts = [\"127.0.0.1:9\"]\n" + deliveryExtra // nothing listens: mail stays queued
+	}
 	return fmt.Sprintf(`hostname = "mxbox.test"
 data_dir = %q
 log_level = "info"
@@ -86,11 +92,9 @@ submission_listen = "127.0.0.1:0"
 %s
 
 [delivery]
-smarthosts = ["127.0.0.1:9"]
 %s
 
 [dns]
-listen = ""
 %s
 
 [web]
