@@ -200,6 +200,22 @@ func (c *checker) add(key, format string, args ...any) {
 	c.errs = append(c.errs, fieldError{key, fmt.Sprintf(format, args...)})
 }
 
+// atLeast checks an integer lower bound.
+func (c *checker) atLeast(key string, v, min int) {
+	if v < min {
+		c.add(key, "must be at least %d", min)
+	}
+}
+
+// positive checks that durations are set and above zero.
+func (c *checker) positive(keys []string, vs ...Duration) {
+	for i, v := range vs {
+		if v <= 0 {
+			c.add(keys[i], "must be a positive duration")
+		}
+	}
+}
+
 // addr checks a host:port address. listener=true is for listen keys: empty
 // turns the listener off and port 0 picks a free port (tests use it);
 // upstream addresses need a real port.
@@ -307,29 +323,15 @@ func (cfg *Config) validate() []fieldError {
 	if s.DataMemory < s.MaxMessageBytes+4096 {
 		c.add("smtp.data_memory", "must be larger than max_message_bytes (a whole message is held in RAM until it is on flash)")
 	}
-	if s.MaxRecipients < 1 {
-		c.add("smtp.max_recipients", "must be at least 1")
-	}
+	c.atLeast("smtp.max_recipients", s.MaxRecipients, 1)
 	if s.MaxLineLength < 1000 {
 		c.add("smtp.max_line_length", "must be at least 1000 (RFC 5321 §4.5.3.1.6)")
 	}
-	if s.MaxReceived < 1 {
-		c.add("smtp.max_received_headers", "must be at least 1")
-	}
-	if s.MaxConnections < 1 {
-		c.add("smtp.max_connections", "must be at least 1")
-	}
-	if s.MaxConnPerIP < 1 {
-		c.add("smtp.max_connections_per_ip", "must be at least 1")
-	}
-	for _, d := range []struct {
-		key string
-		v   Duration
-	}{{"smtp.read_timeout", s.ReadTimeout}, {"smtp.write_timeout", s.WriteTimeout}, {"smtp.data_timeout", s.DataTimeout}, {"smtp.shutdown_timeout", s.ShutdownTimeout}, {"smtp.auth_fail_window", s.AuthFailWindow}} {
-		if d.v <= 0 {
-			c.add(d.key, "must be a positive duration")
-		}
-	}
+	c.atLeast("smtp.max_received_headers", s.MaxReceived, 1)
+	c.atLeast("smtp.max_connections", s.MaxConnections, 1)
+	c.atLeast("smtp.max_connections_per_ip", s.MaxConnPerIP, 1)
+	c.positive([]string{"smtp.read_timeout", "smtp.write_timeout", "smtp.data_timeout", "smtp.shutdown_timeout", "smtp.auth_fail_window"},
+		s.ReadTimeout, s.WriteTimeout, s.DataTimeout, s.ShutdownTimeout, s.AuthFailWindow)
 	if s.SpoolReserve < 0 {
 		c.add("smtp.spool_reserve", "must not be negative")
 	}

@@ -183,15 +183,11 @@ func (d *Delivery) validate(c *checker) {
 	if d.DrainRate < 0 {
 		c.add("delivery.drain_rate", "must not be negative (0 = unlimited)")
 	}
-	if d.Concurrency < 1 {
-		c.add("delivery.concurrency", "must be at least 1")
-	}
+	c.atLeast("delivery.concurrency", d.Concurrency, 1)
 	if (d.AuthUser == "") != (d.AuthPassword == "") {
 		c.add("delivery.auth_user", "auth_user and auth_password go together")
 	}
-	if d.HopConcurrency < 1 {
-		c.add("delivery.hop_concurrency", "must be at least 1")
-	}
+	c.atLeast("delivery.hop_concurrency", d.HopConcurrency, 1)
 	for _, t := range []struct {
 		key string
 		v   Duration
@@ -208,15 +204,9 @@ func (d *Delivery) validate(c *checker) {
 			c.add(t.key, "must be at least %v", t.min)
 		}
 	}
-	if d.MaxHosts < 1 {
-		c.add("delivery.max_hosts", "must be at least 1")
-	}
-	if d.MaxAddresses < 1 {
-		c.add("delivery.max_addresses", "must be at least 1")
-	}
-	if d.DownAfter < 1 {
-		c.add("delivery.down_after", "must be at least 1")
-	}
+	c.atLeast("delivery.max_hosts", d.MaxHosts, 1)
+	c.atLeast("delivery.max_addresses", d.MaxAddresses, 1)
+	c.atLeast("delivery.down_after", d.DownAfter, 1)
 	c.tlsPolicy("delivery.tls", d.TLS)
 	names := map[string]bool{"smarthost": true}
 	for i := range d.Routes {
