@@ -9,6 +9,8 @@
 //	b<id><chunk:2>        body, in chunks of at most bodyChunk bytes
 //	s<unix-nanos:8><id>   schedule index: empty value, ordered by next attempt
 //	k<name>               blobs
+//	H<id>                 held index: empty value, one per held message
+//	m<name>               spool metadata (e.g. mheld-index: the H keys exist)
 //
 // A message's envelope, body and schedule key are written in one transaction,
 // and Put returns only after Badger has fsync'd it.
@@ -36,6 +38,8 @@ const (
 	prefixBody     = 'b'
 	prefixSchedule = 's'
 	prefixBlob     = 'k'
+	prefixHeld     = 'H'
+	prefixMeta     = 'm'
 
 	// bodyChunk bounds one Badger value. Badger refuses values larger than a
 	// value-log file, and we keep those files small (see badgerOptions), so a
@@ -95,19 +99,21 @@ type Spool struct {
 // on flash; Badger's defaults (5 x 64 MB memtables, 256 MB block cache, 1 GB
 // value-log files) would take the whole board.
 func badgerOptions(dir string, log *slog.Logger, readOnly bool) badger.Options {
-	return badger.DefaultOptions(dir).
+	o := badger.DefaultOptions(dir).
 		// Every commit is fsync'd before Put returns: a 250 must survive a power cut.
-		// Badger batches concurrent commits into one write + one sync, which
-		// is the group commit that lets throughput grow with sessions.
+		// The committer (commit.go) puts concurrent writes into one
+		// transaction, so they share one value-log sync and one WAL sync.
 		WithSyncWrites(true).
 		// Two 4 MB memtables: the skiplist arena is anonymous RAM, the WAL
 		// beside it is an mmap'd file, so each costs ~2x its size when busy.
 		// Envelopes and index keys are small; 4 MB holds thousands.
 		WithMemTableSize(4 << 20).
 		WithNumMemtables(2).
-		// Bodies (> 1 KB) go to the value log, written once; only envelopes
-		// and schedule keys live in the LSM tree, so compaction rewrites
-		// little and flash wear stays near one write per byte of mail.
+		// Bodies (> 1 KB) go to the value log, written once; envelopes and
+		// schedule keys live in the LSM. Measured: moving envelopes to the
+		// value log too (threshold 64) cut the LSM ~3x, but then a quiet box
+		// rarely compacts, Badger gets no discard statistics and value-log
+		// GC stopped freeing flash (TestDeliveredMailFreesFlash).
 		WithValueThreshold(1 << 10).
 		// 16 MB value-log files (Badger maps 2x that while writing): small
 		// enough for RSS and for GC to reclaim flash in small steps.
@@ -132,6 +138,12 @@ func badgerOptions(dir string, log *slog.Logger, readOnly bool) badger.Options {
 		WithDetectConflicts(true).
 		WithReadOnly(readOnly).
 		WithLogger(badgerLogger{log})
+	// Every level's tables stay 2 MB (no With method for this one): a table
+	// builder holds its whole table in RAM (2x its size preallocated) and a
+	// compaction runs up to 8+ builders at once, so the default x2 per level
+	// (16-32 MB tables at L3-L4 with a deep queue) made anonymous RSS spike.
+	o.TableSizeMultiplier = 1
+	return o
 }
 
 // Headroom is the flash Badger may need beyond what statfs shows as used:
@@ -168,7 +180,7 @@ func Open(dir string, o Options) (*Spool, error) {
 	s := &Spool{db: db, dir: dir, log: o.Logger, now: o.Now, ids: newIDGen(), stop: make(chan struct{}),
 		ops: make(chan *commitOp, maxGroupOps), stopCommit: make(chan struct{}), committerDone: make(chan struct{}),
 		schedLow: []byte{prefixSchedule}}
-	if err := s.recount(); err != nil {
+	if err := s.recount(o.ReadOnly); err != nil {
 		db.Close()
 		return nil, err
 	}
@@ -212,6 +224,12 @@ func (s *Spool) FreeBytes() (int64, error) {
 func (s *Spool) NewID() string { return s.ids.next(s.now()) }
 
 func envKey(id string) []byte { return append([]byte{prefixEnvelope}, id...) }
+
+func heldKey(id string) []byte { return append([]byte{prefixHeld}, id...) }
+
+// metaHeldIndex marks a spool whose held messages all have an H key, so
+// opening it counts them without reading any envelope.
+var metaHeldIndex = []byte("mheld-index")
 
 func bodyKey(id string, chunk int) []byte {
 	k := make([]byte, 0, 1+len(id)+2)
@@ -275,7 +293,7 @@ func (s *Spool) Put(env *Envelope, body []byte) (string, error) {
 				}
 			}
 			if sched == nil {
-				return nil
+				return txn.Set(heldKey(env.ID), nil)
 			}
 			return txn.Set(sched, nil)
 		}, func() { s.lowerSched(sched) })
@@ -475,8 +493,14 @@ func (s *Spool) Update(id string, fn func(env *Envelope) error) (*Envelope, erro
 			switch {
 			case env.Held && !oldHeld:
 				heldDelta = 1
+				if err := txn.Set(heldKey(id), nil); err != nil {
+					return err
+				}
 			case !env.Held && oldHeld:
 				heldDelta = -1
+				if err := txn.Delete(heldKey(id)); err != nil {
+					return err
+				}
 			}
 			out = env
 			return nil
@@ -512,7 +536,7 @@ func (s *Spool) Delete(id string) error {
 			if !env.Held {
 				return txn.Delete(schedKey(env.NextAttempt, id))
 			}
-			return nil
+			return txn.Delete(heldKey(id))
 		}, nil)
 		if errors.Is(err, badger.ErrConflict) && attempt < 10 {
 			continue
@@ -583,48 +607,88 @@ func (s *Spool) Stats() Stats {
 	return Stats{Messages: s.count.Load(), Bytes: s.bytes.Load(), Held: s.held.Load(), LSMBytes: lsm, VlogSize: vlog}
 }
 
-// recount rebuilds the in-memory counters at open: one key-only pass over
-// envelopes and body chunks, with no value reads except for held messages'
-// envelopes found via the schedule gap.
-func (s *Spool) recount() error {
-	var count, size int64
-	err := s.db.View(func(txn *badger.Txn) error {
-		it := txn.NewIterator(badger.IteratorOptions{Prefix: []byte{prefixBody}})
-		defer it.Close()
-		for it.Seek([]byte{prefixBody}); it.Valid(); it.Next() {
-			size += it.Item().ValueSize()
-		}
-		return nil
-	})
-	if err != nil {
+// recount rebuilds the in-memory counters at open from keys only: body
+// chunks (their sizes come from the value pointers), envelope keys and the
+// held index. No envelope is read: with 1,000,000 queued, reading them all
+// from the value log took minutes of random reads and pulled gigabytes
+// through the page cache.
+func (s *Spool) recount(readOnly bool) error {
+	var count, size, held int64
+	countKeys := func(prefix byte, fn func(it *badger.Iterator)) error {
+		return s.db.View(func(txn *badger.Txn) error {
+			it := txn.NewIterator(badger.IteratorOptions{Prefix: []byte{prefix}})
+			defer it.Close()
+			for it.Seek([]byte{prefix}); it.Valid(); it.Next() {
+				fn(it)
+			}
+			return nil
+		})
+	}
+	if err := countKeys(prefixBody, func(it *badger.Iterator) { size += it.Item().ValueSize() }); err != nil {
 		return fmt.Errorf("open spool: count bodies: %w", err)
 	}
-	var held int64
-	err = s.db.View(func(txn *badger.Txn) error {
-		it := txn.NewIterator(badger.IteratorOptions{Prefix: []byte{prefixEnvelope}})
-		defer it.Close()
-		for it.Seek([]byte{prefixEnvelope}); it.Valid(); it.Next() {
-			count++
-			// Held is rare; a cheap substring test avoids decoding every envelope.
-			err := it.Item().Value(func(v []byte) error {
-				if bytes.Contains(v, []byte(`"held":true`)) {
-					held++
-				}
-				return nil
-			})
-			if err != nil {
-				return err
-			}
-		}
-		return nil
-	})
-	if err != nil {
+	if err := countKeys(prefixEnvelope, func(*badger.Iterator) { count++ }); err != nil {
 		return fmt.Errorf("open spool: count envelopes: %w", err)
+	}
+	indexed, err := s.hasMeta(metaHeldIndex)
+	if err != nil {
+		return fmt.Errorf("open spool: %w", err)
+	}
+	if indexed {
+		err = countKeys(prefixHeld, func(*badger.Iterator) { held++ })
+	} else {
+		held, err = s.migrateHeldIndex(count > 0, readOnly)
+	}
+	if err != nil {
+		return fmt.Errorf("open spool: count held: %w", err)
 	}
 	s.count.Store(count)
 	s.bytes.Store(size)
 	s.held.Store(held)
 	return nil
+}
+
+func (s *Spool) hasMeta(key []byte) (bool, error) {
+	var ok bool
+	err := s.db.View(func(txn *badger.Txn) error {
+		_, err := txn.Get(key)
+		if errors.Is(err, badger.ErrKeyNotFound) {
+			return nil
+		}
+		ok = err == nil
+		return err
+	})
+	return ok, err
+}
+
+// migrateHeldIndex runs once on a spool written before the held index: it
+// reads every envelope, writes an H key for each held one and the marker,
+// in one transaction (held messages are few). Read-only, it only counts.
+func (s *Spool) migrateHeldIndex(any, readOnly bool) (int64, error) {
+	var heldIDs []string
+	if any {
+		err := s.Walk("", func(env *Envelope) bool {
+			if env.Held {
+				heldIDs = append(heldIDs, env.ID)
+			}
+			return true
+		})
+		if err != nil {
+			return 0, err
+		}
+	}
+	if readOnly {
+		return int64(len(heldIDs)), nil
+	}
+	err := s.db.Update(func(txn *badger.Txn) error {
+		for _, id := range heldIDs {
+			if err := txn.Set(heldKey(id), nil); err != nil {
+				return err
+			}
+		}
+		return txn.Set(metaHeldIndex, []byte{1})
+	})
+	return int64(len(heldIDs)), err
 }
 
 // LoadBlob returns a named blob, or nil and no error when absent.

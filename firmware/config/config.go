@@ -34,6 +34,9 @@ type Config struct {
 	Hostname string `toml:"hostname"`
 	DataDir  string `toml:"data_dir"`
 	LogLevel string `toml:"log_level"`
+	// MemoryLimit is the Go runtime's soft memory limit (debug.SetMemoryLimit):
+	// the GC works harder as the heap nears it. 0 = no limit.
+	MemoryLimit Size `toml:"memory_limit"`
 
 	SMTP     SMTP     `toml:"smtp"`
 	Delivery Delivery `toml:"delivery"`
@@ -306,6 +309,9 @@ func (cfg *Config) validate() []fieldError {
 	case "debug", "info", "warn", "error":
 	default:
 		c.add("log_level", "must be debug, info, warn or error, not %q", cfg.LogLevel)
+	}
+	if cfg.MemoryLimit != 0 && cfg.MemoryLimit < 16<<20 {
+		c.add("memory_limit", "must be 0 (no limit) or at least 16M, not %d bytes", int64(cfg.MemoryLimit))
 	}
 	s := &cfg.SMTP
 	c.addr("smtp.listen", s.Listen, true)

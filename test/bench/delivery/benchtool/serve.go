@@ -54,8 +54,20 @@ func serve(args []string) int {
 		return 1
 	}
 	sig := make(chan os.Signal, 1)
-	signal.Notify(sig, syscall.SIGTERM, syscall.SIGINT)
-	<-sig
+	signal.Notify(sig, syscall.SIGTERM, syscall.SIGINT, syscall.SIGUSR1)
+	// SIGUSR1 writes a heap profile now (memprofile.N) without a GC first,
+	// to see what is live mid-run.
+	for n := 1; ; n++ {
+		if s := <-sig; s != syscall.SIGUSR1 {
+			break
+		}
+		if *mem != "" {
+			if f, err := os.Create(fmt.Sprintf("%s.%d", *mem, n)); err == nil {
+				_ = pprof.Lookup("heap").WriteTo(f, 0)
+				f.Close()
+			}
+		}
+	}
 	if *mem != "" {
 		runtime.GC()
 		if f, err := os.Create(*mem); err == nil {
