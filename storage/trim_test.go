@@ -6,6 +6,7 @@ import (
 	"os"
 	"strings"
 	"testing"
+	"time"
 )
 
 // rssFileKB reads this process's resident file-backed memory.
@@ -67,5 +68,48 @@ func TestTrimMappingsReleasesSpoolPages(t *testing.T) {
 	_, got, err := s.Get(ids[0])
 	if err != nil || len(got) != len(body) || got[1000] != body[1000] {
 		t.Fatalf("message unreadable after trimming: %v", err)
+	}
+}
+
+// TestWatchMappingsAdvisesNewFilesRandom: Badger's writable mappings carry
+// MADV_RANDOM (VmFlags "rr" in smaps), including a value-log file created
+// while running, so commits write single pages rather than large folios.
+func TestWatchMappingsAdvisesNewFilesRandom(t *testing.T) {
+	dir := t.TempDir()
+	s, err := Open(dir, Options{Logger: slog.New(slog.NewTextHandler(io.Discard, nil)), NoSync: true, GCInterval: 1 << 40})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	stop := WatchMappings(dir, 1<<40, slog.New(slog.NewTextHandler(io.Discard, nil)))
+	defer stop()
+	body := make([]byte, 64<<10)
+	for i := 0; i < 400; i++ { // 25 MB: the value log rolls over to a new file
+		if _, err := s.Put(env("a@x.org", "b@y.org"), body); err != nil {
+			t.Fatal(err)
+		}
+	}
+	time.Sleep(300 * time.Millisecond) // one timer round at most
+	smaps, err := os.ReadFile("/proc/self/smaps")
+	if err != nil {
+		t.Skip("no smaps")
+	}
+	writable, advised := 0, 0
+	var cur string
+	for _, l := range strings.Split(string(smaps), "\n") {
+		if f := strings.Fields(l); len(f) >= 6 && strings.Contains(f[0], "-") {
+			cur = ""
+			if strings.HasPrefix(f[5], dir) && strings.HasPrefix(f[1], "rw") {
+				cur = f[5]
+				writable++
+			}
+		}
+		if cur != "" && strings.HasPrefix(l, "VmFlags:") && strings.Contains(l, " rr") {
+			advised++
+			cur = ""
+		}
+	}
+	if writable < 2 || advised != writable {
+		t.Fatalf("%d of %d writable spool mappings advised MADV_RANDOM", advised, writable)
 	}
 }

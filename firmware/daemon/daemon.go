@@ -126,29 +126,12 @@ func Start(cfg *config.Config, opts Options) (d *Daemon, err error) {
 	return d, nil
 }
 
-// startTrimmer keeps the resident pages of Badger's mapped files out of our
-// RSS (see storage.TrimMappings): every two seconds is often enough that a
-// burst of mail never piles up a large file-backed footprint, and reading
-// /proc/self/maps costs microseconds.
+// startTrimmer keeps Badger's mapped files advised (storage.WatchMappings):
+// single-page faults so commits write only what changed, and sealed files
+// paged out once more than 16 MB of them are resident.
 func (d *Daemon) startTrimmer() {
-	stop := make(chan struct{})
-	done := make(chan struct{})
-	go func() {
-		defer close(done)
-		t := time.NewTicker(2 * time.Second)
-		defer t.Stop()
-		for {
-			select {
-			case <-stop:
-				return
-			case <-t.C:
-				if _, err := storage.TrimMappings(SpoolDir(d.cfg)); err != nil {
-					d.log.Debug("trim spool mappings", "err", err)
-				}
-			}
-		}
-	}()
-	d.onStop(func(context.Context) error { close(stop); <-done; return nil })
+	stop := storage.WatchMappings(SpoolDir(d.cfg), 16<<20, d.log.With("sys", "spool"))
+	d.onStop(func(context.Context) error { stop(); return nil })
 }
 
 // onStop registers a stop function; they run last-registered first.
