@@ -2,6 +2,7 @@ package storage
 
 import (
 	"errors"
+	"log/slog"
 	"sync"
 	"testing"
 	"time"
@@ -194,6 +195,7 @@ func TestHeldCountFromIndexAndMigration(t *testing.T) {
 		t.Fatal(err)
 	}
 	s.Close()
+	dropSavedCounters(t, dir) // and nothing saved by a clean Close
 
 	s = openTest(t, dir, nil)
 	defer s.Close()
@@ -212,5 +214,61 @@ func TestHeldCountFromIndexAndMigration(t *testing.T) {
 	}
 	if ok, _ := s.hasMeta(heldKey(ids[1])); ok {
 		t.Fatal("held index key left after release")
+	}
+}
+
+// dropSavedCounters makes a closed spool look like one after a crash (or
+// written by an older binary): no counters saved by Close.
+func dropSavedCounters(t *testing.T, dir string) {
+	t.Helper()
+	db, err := badger.Open(badgerOptions(dir, slog.New(slog.DiscardHandler), false))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := db.Update(func(txn *badger.Txn) error { return txn.Delete(metaCounters) }); err != nil {
+		t.Fatal(err)
+	}
+	if err := db.Close(); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// TestCountersSavedByCloseOrRecounted: a clean Close saves the counters
+// and the next open takes them without a scan (and clears them, so a crash
+// after that cannot leave them stale); without them, open recounts.
+func TestCountersSavedByCloseOrRecounted(t *testing.T) {
+	dir := t.TempDir()
+	s := openTest(t, dir, nil)
+	for i := 0; i < 7; i++ {
+		e := env("a@x.org", "b@y.org")
+		e.Held = i == 0
+		if _, err := s.Put(e, make([]byte, 2000)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	want := s.Stats()
+	s.Close()
+
+	s = openTest(t, dir, nil)
+	if ok, _ := s.hasMeta(metaCounters); ok {
+		t.Fatal("saved counters not cleared at open")
+	}
+	if st := s.Stats(); st.Messages != 7 || st.Held != 1 || st.Bytes != want.Bytes {
+		t.Fatalf("from saved counters: %+v, want %+v", st, want)
+	}
+	id, err := s.Put(env("a@x.org", "b@y.org"), make([]byte, 100))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := s.Delete(id); err != nil {
+		t.Fatal(err)
+	}
+	s.Close()
+
+	dropSavedCounters(t, dir)
+	s = openTest(t, dir, nil)
+	defer s.Close()
+	if st := s.Stats(); st.Messages != 7 || st.Held != 1 || st.Bytes < 7*2000 || st.Bytes > 7*2100 {
+		t.Fatalf("recounted: %+v", st)
 	}
 }
