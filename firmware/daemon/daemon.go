@@ -128,9 +128,9 @@ func Start(cfg *config.Config, opts Options) (d *Daemon, err error) {
 
 // startTrimmer keeps Badger's mapped files advised (storage.WatchMappings):
 // single-page faults so commits write only what changed, and sealed files
-// paged out once more than 16 MB of them are resident.
+// paged out once more than 8 MB of them are resident.
 func (d *Daemon) startTrimmer() {
-	stop := storage.WatchMappings(SpoolDir(d.cfg), 16<<20, d.log.With("sys", "spool"))
+	stop := storage.WatchMappings(SpoolDir(d.cfg), 8<<20, d.log.With("sys", "spool"))
 	d.onStop(func(context.Context) error { stop(); return nil })
 }
 
