@@ -460,7 +460,9 @@ func (s *Spool) lowerSched(k []byte) {
 
 // Update changes a message's envelope in one transaction: fn edits it (per
 // recipient results, NextAttempt, Held, ...), and the schedule index follows
-// NextAttempt and Held. fn may be called more than once on a conflict.
+// NextAttempt and Held. fn may be called more than once (its group
+// transaction can be retried alone); it runs on the spool's committer
+// goroutine, so it must be quick and must not call the Spool.
 func (s *Spool) Update(id string, fn func(env *Envelope) error) (*Envelope, error) {
 	var out *Envelope
 	var heldDelta int64

@@ -237,6 +237,7 @@ fi
 
 # ======== 2. pass-through ========
 if want pass; then
+[ -n "$SINKPID" ] || sink_up
 log "pass-through: mxbox, $PASS_N over 20 sessions"
 mx_fresh; mx_start "$MXDATA"
 t0=$(now); source_to "$MXPORT" "$PASS_N"; t1=$(wait_empty mx_count 600); mx_stop
@@ -292,6 +293,7 @@ scale_run() { # n -> prints "rate peak_hwm_kb peak_anon_kb peak_file_kb"
 	echo "$(f %.0f "($c0 - $c1) / ($t1 - $t0)") $hwm $peak_anon $peak_file"
 }
 if want scale; then
+[ -n "$SINKPID" ] || sink_up
 read -r small_rate small_hwm small_anon small_file < <(scale_run "$SMALL_N")
 read -r big_rate big_hwm big_anon big_file < <(scale_run "$BIG_N")
 fi
