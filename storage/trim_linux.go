@@ -199,7 +199,7 @@ func WatchMappings(dir string, trimAbove int64, log *slog.Logger) (stop func()) 
 	}
 	go func() {
 		defer close(done)
-		tick := time.NewTicker(250 * time.Millisecond)
+		tick := time.NewTicker(100 * time.Millisecond)
 		defer tick.Stop()
 		for {
 			select {

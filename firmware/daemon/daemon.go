@@ -13,6 +13,7 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
+	"runtime/debug"
 	"time"
 
 	"github.com/mxbox/mxbox/firmware/config"
@@ -57,6 +58,11 @@ func Start(cfg *config.Config, opts Options) (d *Daemon, err error) {
 		opts.Now = time.Now
 	}
 	d = &Daemon{cfg: cfg, opts: opts, log: opts.Logger}
+	// The soft memory limit comes first: everything after allocates. An
+	// operator's GOMEMLIMIT in the environment wins.
+	if cfg.MemoryLimit > 0 && os.Getenv("GOMEMLIMIT") == "" {
+		debug.SetMemoryLimit(int64(cfg.MemoryLimit))
+	}
 	defer func() {
 		if err != nil {
 			d.Stop(context.Background())

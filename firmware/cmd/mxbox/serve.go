@@ -7,7 +7,6 @@ import (
 	"log/slog"
 	"os"
 	"os/signal"
-	"runtime/debug"
 	"syscall"
 	"time"
 
@@ -45,7 +44,6 @@ func cmdServe(args []string) int {
 		return 1
 	}
 	log := newLogger(cfg.LogLevel, *logJSON)
-	applyMemoryLimit(cfg)
 	d, err := daemon.Start(cfg, daemon.Options{Logger: log, Version: version})
 	if err != nil {
 		log.Error("start failed", "err", err)
@@ -62,14 +60,6 @@ func cmdServe(args []string) int {
 		return 1
 	}
 	return 0
-}
-
-// applyMemoryLimit sets the runtime's soft memory limit from config, unless
-// GOMEMLIMIT in the environment says otherwise (an operator's override).
-func applyMemoryLimit(cfg *config.Config) {
-	if cfg.MemoryLimit > 0 && os.Getenv("GOMEMLIMIT") == "" {
-		debug.SetMemoryLimit(int64(cfg.MemoryLimit))
-	}
 }
 
 func cmdConfig(args []string) int {

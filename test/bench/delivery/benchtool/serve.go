@@ -47,7 +47,6 @@ func serve(args []string) int {
 		}
 		defer pprof.StopCPUProfile()
 	}
-	applyMemoryLimit(cfg)
 	d, err := daemon.Start(cfg, daemon.Options{Logger: log, Version: "bench"})
 	if err != nil {
 		log.Error("start failed", "err", err)
