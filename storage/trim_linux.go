@@ -172,27 +172,20 @@ func WatchMappings(dir string, trimAbove int64, log *slog.Logger) (stop func()) 
 		log.Warn("spool mapping watch: inotify unavailable; advising on a timer only", "err", err)
 		fd = -1
 	}
+	var events *os.File
 	if fd >= 0 {
+		// A non-blocking fd wrapped in os.File waits in the runtime's poller,
+		// not a thread, and Close wakes the reader: no polling loop.
+		events = os.NewFile(uintptr(fd), "inotify")
 		go func() {
 			buf := make([]byte, 4096)
 			for {
-				// Poll: a blocking read could not be interrupted by stop.
-				n, err := unix.Read(fd, buf)
-				if n > 0 {
-					select {
-					case created <- struct{}{}:
-					default:
-					}
-					continue
-				}
-				if err != nil && err != unix.EAGAIN {
+				if _, err := events.Read(buf); err != nil {
 					return
 				}
 				select {
-				case <-quit:
-					unix.Close(fd)
-					return
-				case <-time.After(2 * time.Millisecond):
+				case created <- struct{}{}:
+				default:
 				}
 			}
 		}()
@@ -200,6 +193,7 @@ func WatchMappings(dir string, trimAbove int64, log *slog.Logger) (stop func()) 
 	go func() {
 		defer close(done)
 		tick := time.NewTicker(100 * time.Millisecond)
+		ticks := 0
 		defer tick.Stop()
 		for {
 			select {
@@ -215,7 +209,11 @@ func WatchMappings(dir string, trimAbove int64, log *slog.Logger) (stop func()) 
 					}
 				}
 			case <-tick.C:
-				adviseRandom(dir, seen)
+				// statm every tick is one small read; the map walk for new
+				// files is a safety net behind inotify, so it runs rarely.
+				if ticks++; ticks%50 == 0 {
+					adviseRandom(dir, seen)
+				}
 				if residentFileBytes() > trimAbove {
 					if _, err := TrimMappings(dir); err != nil {
 						log.Debug("trim spool mappings", "err", err)
@@ -224,5 +222,11 @@ func WatchMappings(dir string, trimAbove int64, log *slog.Logger) (stop func()) 
 			}
 		}
 	}()
-	return func() { close(quit); <-done }
+	return func() {
+		close(quit)
+		<-done
+		if events != nil {
+			events.Close()
+		}
+	}
 }
