@@ -136,65 +136,11 @@ sample_mem() { # $1 pid: track peak RssAnon and RssFile (kB)
 }
 
 # ---- Postfix (private instance) ----
+. "$(dirname "$0")/../lib/postfix.sh"
 PFPORT=$(pick_port) DEAD=$(pick_port)
 pf_setup() { # $1 relayhost port, $2 defer_transports
-	rm -rf "$WORK/pf"; mkdir -p "$PFCONF" "$PFQ" "$PFD"; chown postfix "$PFD"
-	cat >"$PFCONF/main.cf" <<EOF
-compatibility_level = 3.6
-queue_directory = $PFQ
-data_directory = $PFD
-command_directory = /usr/sbin
-daemon_directory = /usr/lib/postfix/sbin
-shlib_directory = /usr/lib/postfix
-meta_directory = /etc/postfix
-mail_owner = postfix
-setgid_group = postdrop
-myhostname = postfix.bench.example
-mydomain = bench.example
-mydestination =
-local_recipient_maps =
-alias_maps =
-alias_database =
-inet_interfaces = 127.0.0.1
-inet_protocols = ipv4
-mynetworks = 127.0.0.0/8
-relayhost = [$SINK_IP]:$1
-defer_transports = $2
-smtpd_relay_restrictions = permit_mynetworks, reject
-smtpd_client_connection_count_limit = 0
-smtpd_client_connection_rate_limit = 0
-smtpd_tls_security_level = none
-smtp_tls_security_level = none
-smtpd_peername_lookup = no
-biff = no
-maillog_file = $WORK/postfix.log
-maillog_file_prefixes = $WORK
-EOF
-	# chroot off: the private queue dir has no chroot jail files.
-	cat >"$PFCONF/master.cf" <<EOF
-127.0.0.1:$PFPORT inet n - n - - smtpd
-pickup    unix  n       -       n       60      1       pickup
-cleanup   unix  n       -       n       -       0       cleanup
-qmgr      unix  n       -       n       300     1       qmgr
-tlsmgr    unix  -       -       n       1000?   1       tlsmgr
-rewrite   unix  -       -       n       -       -       trivial-rewrite
-bounce    unix  -       -       n       -       0       bounce
-defer     unix  -       -       n       -       0       bounce
-trace     unix  -       -       n       -       0       bounce
-verify    unix  -       -       n       -       1       verify
-flush     unix  n       -       n       1000?   0       flush
-proxymap  unix  -       -       n       -       -       proxymap
-proxywrite unix -       -       n       -       1       proxymap
-smtp      unix  -       -       n       -       -       smtp
-relay     unix  -       -       n       -       -       smtp
-showq     unix  n       -       n       -       -       showq
-error     unix  -       -       n       -       -       error
-retry     unix  -       -       n       -       -       error
-discard   unix  -       -       n       -       -       discard
-anvil     unix  -       -       n       -       1       anvil
-scache    unix  -       -       n       -       1       scache
-postlog   unix-dgram n  -       n       -       1       postlogd
-EOF
+	rm -rf "$WORK/pf"
+	pf_write_config "$PFCONF" "$PFQ" "$PFD" "$PFPORT" "[$SINK_IP]:$1" "$WORK" "defer_transports = $2"
 }
 pf_start() {
 	PF_STARTED=1

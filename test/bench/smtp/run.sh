@@ -268,67 +268,8 @@ mx_spool_du=$(du -sk "$MNT/mxbox/spool" | awk '{print $1}')
 PF_PORT=$(pick_port)
 PFQ=$MNT/postfix/queue
 PFD=$MNT/postfix/data
-mkdir -p "$PFCONF" "$PFQ" "$PFD"
-chown postfix "$PFD"
-cat >"$PFCONF/main.cf" <<EOF
-# Private Postfix instance for the mxbox benchmark; the system instance
-# (/etc/postfix, /var/spool/postfix) is not touched.
-compatibility_level = 3.6
-queue_directory = $PFQ
-data_directory = $PFD
-command_directory = /usr/sbin
-daemon_directory = /usr/lib/postfix/sbin
-shlib_directory = /usr/lib/postfix
-meta_directory = /etc/postfix
-mail_owner = postfix
-setgid_group = postdrop
-myhostname = postfix.bench.example
-mydomain = bench.example
-myorigin = \$myhostname
-mydestination =
-local_recipient_maps =
-alias_maps =
-alias_database =
-inet_interfaces = 127.0.0.1
-inet_protocols = ipv4
-mynetworks = 127.0.0.0/8
-relayhost = [127.0.0.1]:$DEAD_PORT
-smtpd_relay_restrictions = permit_mynetworks, reject
-smtpd_recipient_restrictions = permit_mynetworks, reject
-smtpd_client_connection_count_limit = 0
-smtpd_client_connection_rate_limit = 0
-smtpd_tls_security_level = none
-smtp_tls_security_level = none
-# mxbox does no client DNS lookups either.
-smtpd_peername_lookup = no
-biff = no
-maillog_file = $WORK/postfix.log
-maillog_file_prefixes = $WORK
-EOF
-cat >"$PFCONF/master.cf" <<EOF
-127.0.0.1:$PF_PORT inet n - n - - smtpd
-pickup    unix  n       -       n       60      1       pickup
-cleanup   unix  n       -       n       -       0       cleanup
-qmgr      unix  n       -       n       300     1       qmgr
-tlsmgr    unix  -       -       n       1000?   1       tlsmgr
-rewrite   unix  -       -       n       -       -       trivial-rewrite
-bounce    unix  -       -       n       -       0       bounce
-defer     unix  -       -       n       -       0       bounce
-trace     unix  -       -       n       -       0       bounce
-verify    unix  -       -       n       -       1       verify
-flush     unix  n       -       n       1000?   0       flush
-proxymap  unix  -       -       n       -       -       proxymap
-proxywrite unix -       -       n       -       1       proxymap
-smtp      unix  -       -       n       -       -       smtp
-relay     unix  -       -       n       -       -       smtp
-showq     unix  n       -       n       -       -       showq
-error     unix  -       -       n       -       -       error
-retry     unix  -       -       n       -       -       error
-discard   unix  -       -       n       -       -       discard
-anvil     unix  -       -       n       -       1       anvil
-scache    unix  -       -       n       -       1       scache
-postlog   unix-dgram n  -       n       -       1       postlogd
-EOF
+. "$REPO/test/bench/lib/postfix.sh"
+pf_write_config "$PFCONF" "$PFQ" "$PFD" "$PF_PORT" "[127.0.0.1]:$DEAD_PORT" "$WORK"
 
 log "starting private Postfix on 127.0.0.1:$PF_PORT (relayhost [127.0.0.1]:$DEAD_PORT, unreachable)"
 PF_STARTED=1
