@@ -626,18 +626,7 @@ var metaCounters = []byte("mcounters")
 // Recounting 1,000,000 messages reads the whole LSM through Badger's
 // mmaps: ~1 s, and ~300 MB of file-backed RSS, which set the process peak.
 func (s *Spool) loadCounters(readOnly bool) error {
-	var v []byte
-	err := s.db.View(func(txn *badger.Txn) error {
-		item, err := txn.Get(metaCounters)
-		if errors.Is(err, badger.ErrKeyNotFound) {
-			return nil
-		}
-		if err != nil {
-			return err
-		}
-		v, err = item.ValueCopy(nil)
-		return err
-	})
+	v, err := s.value(metaCounters)
 	if err != nil {
 		return fmt.Errorf("open spool: read counters: %w", err)
 	}
@@ -751,9 +740,18 @@ func (s *Spool) migrateHeldIndex(any, readOnly bool) (int64, error) {
 
 // LoadBlob returns a named blob, or nil and no error when absent.
 func (s *Spool) LoadBlob(name string) ([]byte, error) {
+	out, err := s.value(append([]byte{prefixBlob}, name...))
+	if err != nil {
+		return nil, fmt.Errorf("load blob %s: %w", name, err)
+	}
+	return out, nil
+}
+
+// value reads one key's value; an absent key is nil and no error.
+func (s *Spool) value(key []byte) ([]byte, error) {
 	var out []byte
 	err := s.db.View(func(txn *badger.Txn) error {
-		item, err := txn.Get(append([]byte{prefixBlob}, name...))
+		item, err := txn.Get(key)
 		if errors.Is(err, badger.ErrKeyNotFound) {
 			return nil
 		}
@@ -763,10 +761,7 @@ func (s *Spool) LoadBlob(name string) ([]byte, error) {
 		out, err = item.ValueCopy(nil)
 		return err
 	})
-	if err != nil {
-		return nil, fmt.Errorf("load blob %s: %w", name, err)
-	}
-	return out, nil
+	return out, err
 }
 
 // SaveBlob stores a named blob durably.
