@@ -71,6 +71,7 @@ type Spool struct {
 	log      *slog.Logger
 	now      func() time.Time
 	ids      *idGen
+	walked   atomic.Int64 // envelopes read by Walk, for trimming mappings during big walks
 	count    atomic.Int64
 	bytes    atomic.Int64
 	held     atomic.Int64
@@ -578,6 +579,12 @@ func (s *Spool) Walk(after string, fn func(env *Envelope) bool) error {
 			env := &Envelope{}
 			if err := item.Value(func(v []byte) error { return json.Unmarshal(v, env) }); err != nil {
 				return fmt.Errorf("decode envelope %s: %w", item.Key()[1:], err)
+			}
+			// A walk over a large queue streams the whole LSM through
+			// Badger's mappings faster than the daemon's mapping watcher
+			// looks; give the pages back as we go.
+			if s.walked.Add(1)%2048 == 0 {
+				trimIfResident(s.dir, walkTrimAbove)
 			}
 			if !fn(env) {
 				return nil

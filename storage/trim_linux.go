@@ -214,11 +214,7 @@ func WatchMappings(dir string, trimAbove int64, log *slog.Logger) (stop func()) 
 				if ticks++; ticks%50 == 0 {
 					adviseRandom(dir, seen)
 				}
-				if residentFileBytes() > trimAbove {
-					if _, err := TrimMappings(dir); err != nil {
-						log.Debug("trim spool mappings", "err", err)
-					}
-				}
+				trimIfResident(dir, trimAbove)
 			}
 		}
 	}()
@@ -228,5 +224,17 @@ func WatchMappings(dir string, trimAbove int64, log *slog.Logger) (stop func()) 
 		if events != nil {
 			events.Close()
 		}
+	}
+}
+
+// walkTrimAbove is the resident file memory past which a long Walk pages
+// out the spool's mappings itself.
+const walkTrimAbove = 8 << 20
+
+// trimIfResident pages out the spool mappings when more than limit bytes of
+// file-backed memory are resident.
+func trimIfResident(dir string, limit int64) {
+	if residentFileBytes() > limit {
+		_, _ = TrimMappings(dir)
 	}
 }
