@@ -115,7 +115,8 @@ func Start(cfg *config.Config, opts Options) (d *Daemon, err error) {
 		Now:      opts.Now,
 		TLSDir:   cfg.DataDir,
 		Headroom: storage.Headroom,
-		OnQueued: d.queued,
+		BeforePut: d.deliv.Admit,
+		OnQueued:  d.deliv.Queued,
 	})
 	if err != nil {
 		return nil, err
@@ -144,9 +145,6 @@ func (d *Daemon) startTrimmer() {
 func (d *Daemon) onStop(f func(context.Context) error) {
 	d.stops = append([]func(context.Context) error{f}, d.stops...)
 }
-
-// queued is called by smtpd after each committed message.
-func (d *Daemon) queued(id string) { d.deliv.Notify(id) }
 
 // SMTPAddrs returns the bound SMTP listener addresses by service.
 func (d *Daemon) SMTPAddrs() map[string]net.Addr { return d.smtp.Addrs() }

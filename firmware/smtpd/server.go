@@ -37,8 +37,11 @@ type Spool interface {
 type Options struct {
 	Logger *slog.Logger
 	Now    func() time.Time
+	// BeforePut may adjust a new envelope before it is stored (delivery
+	// defers mail for a next hop it knows is down).
+	BeforePut func(env *storage.Envelope)
 	// OnQueued is called after each message is committed (delivery wakes up).
-	OnQueued func(id string)
+	OnQueued func(env *storage.Envelope)
 	// TLSDir holds the generated self-signed certificate (data_dir).
 	TLSDir string
 	// Headroom is added to the spool reserve (storage.Headroom on the device).
@@ -77,8 +80,11 @@ func New(cfg *config.Config, spool Spool, opts Options) (*Server, error) {
 	if opts.Now == nil {
 		opts.Now = time.Now
 	}
+	if opts.BeforePut == nil {
+		opts.BeforePut = func(*storage.Envelope) {}
+	}
 	if opts.OnQueued == nil {
-		opts.OnQueued = func(string) {}
+		opts.OnQueued = func(*storage.Envelope) {}
 	}
 	s := &Server{
 		cfg:      cfg,

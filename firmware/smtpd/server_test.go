@@ -68,7 +68,7 @@ submission_listen = "127.0.0.1:0"
 	if wrap != nil {
 		spool = wrap(sp)
 	}
-	ts.srv, err = smtpd.New(cfg, spool, smtpd.Options{Logger: log, TLSDir: dir, OnQueued: func(id string) { ts.queued <- id }})
+	ts.srv, err = smtpd.New(cfg, spool, smtpd.Options{Logger: log, TLSDir: dir, OnQueued: func(env *storage.Envelope) { ts.queued <- env.ID }})
 	if err != nil {
 		t.Fatal(err)
 	}

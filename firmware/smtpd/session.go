@@ -244,6 +244,7 @@ func (s *session) Data(r io.Reader) error {
 		Body8Bit:   s.mail.Body == smtp.Body8BitMIME || s.mail.Body == smtp.BodyBinaryMIME,
 		Received:   now,
 	}
+	s.srv.opts.BeforePut(env)
 	if _, err := s.srv.spool.Put(env, body); err != nil {
 		s.srv.log.Error("spool put failed", "client", s.ip.String(), "from", s.from, "err", err)
 		if free, ferr := s.srv.spool.FreeBytes(); ferr == nil && free < s.srv.reserve+int64(len(body)) {
@@ -252,7 +253,7 @@ func (s *session) Data(r io.Reader) error {
 		return errLocal
 	}
 	s.srv.log.Info("queued", "id", id, "client", s.ip.String(), "from", s.from, "rcpts", len(s.rcpts), "size", len(body))
-	s.srv.opts.OnQueued(id)
+	s.srv.opts.OnQueued(env)
 	return &smtp.SMTPError{Code: 250, EnhancedCode: smtp.EnhancedCode{2, 0, 0}, Message: "Ok: queued as " + id}
 }
 
