@@ -111,10 +111,10 @@ func Start(cfg *config.Config, opts Options) (d *Daemon, err error) {
 	}
 
 	d.smtp, err = smtpd.New(cfg, d.spool, smtpd.Options{
-		Logger:   d.log.With("sys", "smtpd"),
-		Now:      opts.Now,
-		TLSDir:   cfg.DataDir,
-		Headroom: storage.Headroom,
+		Logger:    d.log.With("sys", "smtpd"),
+		Now:       opts.Now,
+		TLSDir:    cfg.DataDir,
+		Headroom:  storage.Headroom,
 		BeforePut: d.deliv.Admit,
 		OnQueued:  d.deliv.Queued,
 	})
