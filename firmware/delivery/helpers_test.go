@@ -29,28 +29,14 @@ import (
 
 	"github.com/mxbox/mxbox/firmware/config"
 	"github.com/mxbox/mxbox/storage"
+	"github.com/mxbox/mxbox/test/clock"
 )
 
 // ---- clock ----
 
-type fakeClock struct {
-	mu sync.Mutex
-	t  time.Time
-}
+type fakeClock = clock.Clock
 
-func newClock() *fakeClock { return &fakeClock{t: time.Date(2026, 3, 1, 12, 0, 0, 0, time.UTC)} }
-
-func (c *fakeClock) Now() time.Time {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	return c.t
-}
-
-func (c *fakeClock) Advance(d time.Duration) {
-	c.mu.Lock()
-	c.t = c.t.Add(d)
-	c.mu.Unlock()
-}
+func newClock() *fakeClock { return clock.New(time.Date(2026, 3, 1, 12, 0, 0, 0, time.UTC)) }
 
 // ---- upstream sink: a go-smtp server on a chosen loopback address ----
 
@@ -72,7 +58,6 @@ type sink struct {
 	mu       sync.Mutex
 	msgs     []sunk
 	conns    int
-	helos    []string
 	rcptErr  map[string]*smtp.SMTPError
 	mailErr  *smtp.SMTPError
 	dataErr  *smtp.SMTPError

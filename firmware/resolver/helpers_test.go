@@ -12,6 +12,7 @@ import (
 
 	"github.com/mxbox/mxbox/firmware/config"
 	"github.com/mxbox/mxbox/firmware/resolver/dnstest"
+	"github.com/mxbox/mxbox/test/clock"
 )
 
 // Every test talks only to 127.0.0.0/8: dnstest servers and the resolver.
@@ -32,24 +33,9 @@ short.example.test. 20 IN A 192.0.2.20
 `
 
 // fakeClock is the injected clock: tests move time instead of sleeping.
-type fakeClock struct {
-	mu sync.Mutex
-	t  time.Time
-}
+type fakeClock = clock.Clock
 
-func newClock() *fakeClock { return &fakeClock{t: time.Date(2026, 1, 2, 3, 4, 5, 0, time.UTC)} }
-
-func (c *fakeClock) Now() time.Time {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	return c.t
-}
-
-func (c *fakeClock) Advance(d time.Duration) {
-	c.mu.Lock()
-	c.t = c.t.Add(d)
-	c.mu.Unlock()
-}
+func newClock() *fakeClock { return clock.New(time.Date(2026, 1, 2, 3, 4, 5, 0, time.UTC)) }
 
 // mapStore is a SnapshotStore in memory, shared across resolver restarts.
 type mapStore struct {
