@@ -9,7 +9,6 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
-	"net"
 	"net/http"
 	"os"
 	"path/filepath"
@@ -145,12 +144,6 @@ func (d *Daemon) startTrimmer() {
 func (d *Daemon) onStop(f func(context.Context) error) {
 	d.stops = append([]func(context.Context) error{f}, d.stops...)
 }
-
-// SMTPAddrs returns the bound SMTP listener addresses by service.
-func (d *Daemon) SMTPAddrs() map[string]net.Addr { return d.smtp.Addrs() }
-
-// Spool exposes the spool to in-process callers (tests, admin API).
-func (d *Daemon) Spool() *storage.Spool { return d.spool }
 
 // Stop shuts everything down in reverse start order: SMTP drains first so
 // in-flight messages are committed before the spool closes.

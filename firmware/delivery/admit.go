@@ -22,11 +22,7 @@ func (r *Runner) Admit(env *storage.Envelope) {
 		}
 		name = n
 	}
-	r.mu.Lock()
-	h := r.hops[name]
-	down := h != nil && h.down
-	r.mu.Unlock()
-	if !down {
+	if !r.hopDown(name) {
 		return
 	}
 	now := r.now()
@@ -44,11 +40,7 @@ func (r *Runner) Queued(env *storage.Envelope) {
 		r.Notify(env.ID)
 		return
 	}
-	r.mu.Lock()
-	h := r.hops[env.NextHop]
-	stillDown := h != nil && h.down
-	r.mu.Unlock()
-	if stillDown {
+	if r.hopDown(env.NextHop) {
 		return
 	}
 	now := r.now()
@@ -56,4 +48,12 @@ func (r *Runner) Queued(env *storage.Envelope) {
 		r.log.Warn("make deferred message due", "id", env.ID, "err", err)
 	}
 	r.Notify(env.ID)
+}
+
+// hopDown reports whether a next hop is known and marked down.
+func (r *Runner) hopDown(name string) bool {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	h := r.hops[name]
+	return h != nil && h.down
 }
